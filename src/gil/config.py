@@ -1,0 +1,248 @@
+"""Typed configuration: one model per ``params.yaml`` section, validated before any work starts.
+
+Why: a typo in ``params.yaml`` must fail in the first second with a message naming the key, not
+an hour into training. Every section forbids unknown keys. Strategy entries are validated against
+the parameter model that each strategy declares (see :mod:`gil.strategies`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gil.errors import GilError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Section):
+    """Where the raw ``.h5ad`` is and how to read it."""
+
+    name: str = "dataset"
+    path: Path
+    counts_layer: str | None = None
+    gene_column: str | None = None
+    label_columns: list[str] = Field(default_factory=list)
+
+
+class PrepareConfig(Section):
+    """Quality control and transformation applied by ``gil prepare``."""
+
+    min_genes_per_cell: int = Field(200, ge=0)
+    min_cells_per_gene: int = Field(3, ge=0)
+    normalize_total: float | None = Field(None, gt=0)
+    chunk_size: int = Field(2000, ge=1)
+
+
+class TaskConfig(Section):
+    """A downstream task: a named subset of cells and the label to predict on it."""
+
+    name: str
+    label: str
+    column: str | None = None
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _column_and_values_together(self) -> TaskConfig:
+        if (self.column is None) != (self.values is None):
+            raise ValueError("give both 'column' and 'values' (a subset of cells) or neither (all cells)")
+        return self
+
+
+class GeneSplitConfig(Section):
+    """How genes are partitioned into base genes ``B`` and stage genes ``T1..Tn``."""
+
+    method: Literal["random", "importance", "file"] = "importance"
+    n_stages: int = Field(2, ge=1, description="number of incremental stages for method 'random'")
+    stage_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of genes per stage ('random')")
+    top_n: int = Field(200, ge=1, description="genes per task ('importance')")
+    score: Literal["expression", "differential"] = "expression"
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _file_given(self) -> GeneSplitConfig:
+        if self.method == "file" and self.file is None:
+            raise ValueError("method 'file' needs 'file': a YAML/CSV listing genes per stage")
+        return self
+
+
+class SplitConfig(Section):
+    """Gene sets, cell stages and tasks, all drawn from ``seed``."""
+
+    seed: int = 0
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    base_fraction: float = Field(0.5, gt=0, lt=1)
+    probe_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    genes: GeneSplitConfig = GeneSplitConfig()
+    tasks: list[TaskConfig] = Field(default_factory=list)
+
+    @field_validator("probe_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in value) or abs(sum(value) - 1) > 1e-6:
+            raise ValueError("train/val/test fractions must be positive and sum to 1")
+        return value
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's model (for GPUs).
+    "paper": {"n_layers": 6, "d_model": 256, "n_heads": 8, "d_ff": 256, "dropout": 0.15, "max_seq": 512},
+    # The configuration of the throughput benchmark (issue: performance).
+    "bench": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 128, "dropout": 0.15, "max_seq": 256},
+    # Small enough that the default pipeline finishes in minutes on 2 CPU cores.
+    "cpu": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "dropout": 0.1, "max_seq": 128},
+    # For tests.
+    "tiny": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "dropout": 0.0, "max_seq": 32},
+}
+
+
+class ModelConfig(Section):
+    """Transformer sizes: a preset, with any field overridable."""
+
+    preset: Literal["paper", "bench", "cpu", "tiny"] = "cpu"
+    n_layers: int | None = Field(None, ge=1)
+    d_model: int | None = Field(None, ge=2)
+    n_heads: int | None = Field(None, ge=1)
+    d_ff: int | None = Field(None, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    max_seq: int | None = Field(None, ge=2)
+    vocabulary: Literal["growing", "preallocated"] = "growing"
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset's sizes with this section's overrides applied."""
+        sizes = dict(MODEL_PRESETS[self.preset])
+        for key in sizes:
+            value = getattr(self, key)
+            if value is not None:
+                sizes[key] = value
+        if sizes["d_model"] % sizes["n_heads"]:
+            raise GilError(
+                f"model: d_model={sizes['d_model']} is not divisible by n_heads={sizes['n_heads']}; "
+                "change one of them in params.yaml"
+            )
+        return sizes
+
+
+class TrainConfig(Section):
+    """Stage-wise optimisation; ``seeds`` drive initialisation and training (not the data split)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    epochs_per_stage: int = Field(10, ge=1)
+    base_epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    mask_fraction: float = Field(0.4, gt=0, lt=1)
+    mvc_weight: float = Field(1.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+
+
+class ProbeConfig(Section):
+    """Linear and kNN probes on frozen ``<cls>`` embeddings."""
+
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
+    knn_k: int = Field(10, ge=1)
+
+
+class EvaluateConfig(Section):
+    """Fixed-seed evaluation: the same masks and gene samples for every stage's model."""
+
+    seed: int = 1234
+    max_seq: int | None = Field(None, ge=2, description="defaults to model.max_seq")
+    repeats: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1)
+    probe: ProbeConfig = ProbeConfig()
+
+
+class StrategyEntry(Section):
+    """One named strategy run: ``kind`` picks the implementation, the rest are its parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+    def params(self) -> dict[str, Any]:
+        """The strategy parameters (everything but ``kind``)."""
+        return dict(self.model_extra or {})
+
+
+class TrackingConfig(Section):
+    """Where runs are recorded; ``uri`` null means ``MLFLOW_TRACKING_URI`` or the local SQLite store."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+    register_models: bool = True
+    on_unreachable: Literal["fail", "disable"] = "fail"
+
+
+class Config(Section):
+    """The whole ``params.yaml``."""
+
+    dataset: DatasetConfig
+    prepare: PrepareConfig = PrepareConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    strategies: dict[str, StrategyEntry] = Field(default_factory=dict)
+    benchmark: list[str] = Field(default_factory=list)
+    tracking: TrackingConfig = TrackingConfig()
+    sweep: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _benchmark_names_exist(self) -> Config:
+        unknown = [name for name in self.benchmark if name not in self.strategies]
+        if unknown:
+            raise ValueError(f"names {unknown} are not entries of 'strategies'")
+        return self
+
+
+def _format_validation_error(error: ValidationError, source: Path) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key; check its spelling against the documented params"
+    elif first["type"] == "missing":
+        message = "required key is missing; add it"
+    got = first.get("input")
+    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {key}: {message}{shown}"
+
+
+def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS) -> Config:
+    """Validate a parsed params mapping; raise :class:`GilError` naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise GilError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise GilError(_format_validation_error(error, source)) from None
+    from gil.strategies import validate_strategy_entries
+
+    validate_strategy_entries(config.strategies, source)
+    return config
+
+
+def load_config(path: Path | str = DEFAULT_PARAMS) -> Config:
+    """Read and validate ``params.yaml`` (or another file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GilError(f"params file {path} not found; pass --params PATH or run from the project root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise GilError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return config_from_dict(raw, path)

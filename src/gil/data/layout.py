@@ -1,0 +1,182 @@
+"""On-disk formats of the processed data and of the split: the contract between pipeline stages.
+
+Why: later stages must not re-read the ``.h5ad``; they memory-map plain ``.npy`` arrays (deterministic
+bytes, so DVC hashes are stable, and no whole-matrix copy in memory) plus small TSV/JSON tables.
+
+Processed directory (written by ``gil prepare``)::
+
+    indptr.npy   int64  [n_cells + 1]   CSR row pointers
+    indices.npy  int32  [nnz]           gene column of each non-zero, sorted within a row
+    values.npy   float32 [nnz]          log1p expression (after optional library-size normalisation)
+    genes.tsv    columns: gene, n_cells, total
+    cells.tsv    columns: cell, n_genes, <label columns...>
+    prepare.json summary of what was done
+
+Split directory (written by ``gil split``)::
+
+    gene_sets.json   {"method": ..., "sets": [{"name": "B", "genes": [...]}, {"name": "T1", ...}, ...]}
+    cell_stages.npy  int16 [n_cells]: -1 = held-out evaluation cell, 0 = base stage, k = stage k
+    tasks.json       {"tasks": [{"name", "label", "learned_at", "classes", "train", "val", "test",
+                                  "targets"}]}  (cell indices into the processed rows; targets are
+                                  class indices aligned with train+val+test concatenated)
+    summary.json / summary.txt   counts per stage and overlap checks
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gil.errors import GilError
+from gil.files import atomic_dir, dumps_json
+
+EVAL_STAGE = -1
+
+
+def _require(path: Path, producer: str) -> Path:
+    if not path.exists():
+        raise GilError(f"{path} not found; run `gil {producer}` (or `dvc repro`) first")
+    return path
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """A cells x genes CSR matrix of log1p values with its gene and cell tables."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    genes: pd.DataFrame
+    cells: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def gene_names(self) -> list[str]:
+        return self.genes["gene"].astype(str).tolist()
+
+    @classmethod
+    def load(cls, directory: Path | str, mmap: bool = True) -> ProcessedData:
+        """Load a processed directory; arrays are memory-mapped unless ``mmap`` is false."""
+        directory = _require(Path(directory), "prepare")
+        mode = "r" if mmap else None
+        return cls(
+            indptr=np.load(_require(directory / "indptr.npy", "prepare"), mmap_mode=mode),
+            indices=np.load(directory / "indices.npy", mmap_mode=mode),
+            values=np.load(directory / "values.npy", mmap_mode=mode),
+            genes=pd.read_csv(directory / "genes.tsv", sep="\t", dtype={"gene": str}, keep_default_na=False),
+            cells=pd.read_csv(directory / "cells.tsv", sep="\t", dtype=str, keep_default_na=False),
+            summary=json.loads((directory / "prepare.json").read_text()),
+        )
+
+    def write(self, directory: Path | str) -> None:
+        """Write atomically: the directory appears complete or not at all."""
+        with atomic_dir(directory) as tmp:
+            np.save(tmp / "indptr.npy", np.asarray(self.indptr, dtype=np.int64))
+            np.save(tmp / "indices.npy", np.asarray(self.indices, dtype=np.int32))
+            np.save(tmp / "values.npy", np.asarray(self.values, dtype=np.float32))
+            self.genes.to_csv(tmp / "genes.tsv", sep="\t", index=False, lineterminator="\n")
+            self.cells.to_csv(tmp / "cells.tsv", sep="\t", index=False, lineterminator="\n")
+            (tmp / "prepare.json").write_text(dumps_json(self.summary))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream classification task on held-out cells, with fixed train/val/test cells."""
+
+    name: str
+    label: str
+    learned_at: int
+    classes: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    targets: np.ndarray
+
+    def split_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class indices of the train, val and test cells."""
+        a, b = len(self.train), len(self.train) + len(self.val)
+        return self.targets[:a], self.targets[a:b], self.targets[b:]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "learned_at": self.learned_at,
+            "classes": self.classes,
+            "train": [int(i) for i in self.train],
+            "val": [int(i) for i in self.val],
+            "test": [int(i) for i in self.test],
+            "targets": [int(i) for i in self.targets],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Task:
+        return cls(
+            name=raw["name"],
+            label=raw["label"],
+            learned_at=int(raw["learned_at"]),
+            classes=list(raw["classes"]),
+            train=np.asarray(raw["train"], dtype=np.int64),
+            val=np.asarray(raw["val"], dtype=np.int64),
+            test=np.asarray(raw["test"], dtype=np.int64),
+            targets=np.asarray(raw["targets"], dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Gene sets ``B, T1..Tn`` (in order), the stage of every cell, and the probe tasks."""
+
+    method: str
+    gene_sets: list[tuple[str, list[str]]]
+    cell_stages: np.ndarray
+    tasks: list[Task]
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def n_stages(self) -> int:
+        """Number of incremental stages (the base stage 0 not counted)."""
+        return len(self.gene_sets) - 1
+
+    @property
+    def set_names(self) -> list[str]:
+        return [name for name, _ in self.gene_sets]
+
+    def cells_of_stage(self, stage: int) -> np.ndarray:
+        """Row indices of the cells of ``stage`` (``EVAL_STAGE`` for held-out cells)."""
+        return np.flatnonzero(self.cell_stages == stage)
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Split:
+        directory = _require(Path(directory), "split")
+        gene_sets = json.loads(_require(directory / "gene_sets.json", "split").read_text())
+        tasks = json.loads((directory / "tasks.json").read_text())
+        return cls(
+            method=gene_sets["method"],
+            gene_sets=[(entry["name"], list(entry["genes"])) for entry in gene_sets["sets"]],
+            cell_stages=np.load(directory / "cell_stages.npy"),
+            tasks=[Task.from_json(raw) for raw in tasks["tasks"]],
+            summary=json.loads((directory / "summary.json").read_text()),
+        )
+
+    def write(self, directory: Path | str, summary_text: str) -> None:
+        """Write atomically; ``summary_text`` is the human-readable summary."""
+        with atomic_dir(directory) as tmp:
+            sets = [{"name": name, "genes": genes} for name, genes in self.gene_sets]
+            (tmp / "gene_sets.json").write_text(dumps_json({"method": self.method, "sets": sets}))
+            np.save(tmp / "cell_stages.npy", np.asarray(self.cell_stages, dtype=np.int16))
+            (tmp / "tasks.json").write_text(dumps_json({"tasks": [task.to_json() for task in self.tasks]}))
+            (tmp / "summary.json").write_text(dumps_json(self.summary))
+            (tmp / "summary.txt").write_text(summary_text)
