@@ -71,6 +71,128 @@ def zeisel(out: Annotated[Path, typer.Argument(help="Where to write the .h5ad.")
     typer.echo(f"wrote {out}")
 
 
+StrategyOption = Annotated[str, typer.Option("--strategy", "-s", help="A name under 'strategies' in params.")]
+ProcessedOption = Annotated[Path, typer.Option(help="Processed data directory.")]
+SplitOption = Annotated[Path, typer.Option(help="Split directory.")]
+
+
+def _tracker(config):  # noqa: ANN001, ANN202 - Config -> Tracker
+    """The configured tracker, checked for reachability before any work (imports MLflow lazily)."""
+    if not config.tracking.enabled:
+        from gil.tracking.base import NullTracker
+
+        return NullTracker()
+    from gil.tracking.mlflow_tracker import open_tracker
+
+    return open_tracker(config.tracking, f"gil-{config.dataset.name}")
+
+
+def _inputs(config, processed: Path, split_dir: Path):  # noqa: ANN001, ANN202
+    from gil.data.layout import ProcessedData, Split
+    from gil.lineage import lineage_tags
+
+    data, split = ProcessedData.load(processed), Split.load(split_dir)
+    return data, split, lineage_tags(config.dataset.path, processed, split_dir)
+
+
+def _require_strategy(config, strategy: str) -> None:  # noqa: ANN001
+    if strategy not in config.strategies:
+        raise GilError(
+            f"unknown strategy {strategy!r}; choose one of {sorted(config.strategies)} "
+            "(the entries of 'strategies' in params.yaml)"
+        )
+
+
+@app.command()
+def train(
+    strategy: StrategyOption,
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = Path("data/processed"),
+    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+) -> None:
+    """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
+    from gil.train.loop import train_strategy
+
+    config = _config(params)
+    _require_strategy(config, strategy)
+    tracker = _tracker(config)
+    data, split, tags = _inputs(config, processed, split_dir)
+    out = out or Path("checkpoints") / strategy
+    results = train_strategy(config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags, fresh=fresh)
+    for run_seed, records in results.items():
+        speeds = ", ".join(f"stage {r.stage}: {r.cells_per_second:.0f} cells/s, {r.seconds:.1f} s" for r in records)
+        typer.echo(f"{strategy} seed {run_seed}: {speeds or 'already complete'}")
+
+
+@app.command()
+def evaluate(
+    strategy: StrategyOption,
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = Path("data/processed"),
+    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
+) -> None:
+    """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
+    from gil.evaluate import evaluate_strategy
+    from gil.files import write_json
+
+    config = _config(params)
+    _require_strategy(config, strategy)
+    tracker = _tracker(config)
+    data, split, tags = _inputs(config, processed, split_dir)
+    document = evaluate_strategy(config, strategy, data, split, checkpoints or Path("checkpoints") / strategy,
+                                 tracker=tracker, tags=tags)
+    out = out or Path("metrics") / f"{strategy}.json"
+    write_json(out, document)
+    regression = document["regression"]
+    typer.echo(f"{strategy}: delta {regression['delta']}, forgetting {regression['forgetting']}, "
+               f"final MSE {regression['final_mse']} -> {out}")
+
+
+@app.command()
+def report(
+    metrics: Annotated[list[Path], typer.Argument(help="metrics/<strategy>.json files.")],
+    out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("reports/benchmark.md"),
+    plots: Annotated[Path, typer.Option(help="Directory for the PNG figures.")] = Path("plots"),
+) -> None:
+    """Write the paper-style benchmark table and figures from the strategies' metrics files."""
+    from gil.report import run_report
+
+    run_report(metrics, out, plots)
+    typer.echo(f"wrote {out} and figures in {plots}/")
+
+
+@app.command()
+def leaderboard(
+    params: ParamsOption = DEFAULT_PARAMS,
+    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "forgetting",
+    tiebreak: Annotated[str, typer.Option(help="Second ranking metric.")] = "final_mse",
+    descending: Annotated[bool, typer.Option(help="Higher is better (accuracy-like metrics).")] = False,
+    out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and .csv.")] = Path("reports"),
+) -> None:
+    """Rank strategies from the tracking server (mean ± std over seeds) and print the table."""
+    from gil.tracking.leaderboard import run_leaderboard
+
+    config = _config(params)
+    typer.echo(run_leaderboard(config.tracking, f"gil-{config.dataset.name}", metric, out, tiebreak, descending))
+
+
+@app.command()
+def ui(
+    params: ParamsOption = DEFAULT_PARAMS,
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the UI.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the project's tracking store and print its URL (Ctrl-C stops it)."""
+    from gil.tracking.server import run_ui
+
+    run_ui(_config(params).tracking, host, port)
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit status 2."""
     try:

@@ -40,6 +40,11 @@ class Tracker(Protocol):
     def log_summary(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
         """Log summary metrics and artifact files on the parent run."""
 
+    def log_dataset(
+        self, name: str, source_path: Path | str, digest: str, n_cells: int, n_genes: int
+    ) -> None:
+        """Record the input dataset (metadata and a content digest, not the data) on the parent run."""
+
     def end_run(self, status: Literal["FINISHED", "FAILED"] = "FINISHED") -> None:
         """Close the parent run with ``status``."""
 
@@ -63,6 +68,11 @@ class NullTracker:
         pass
 
     def log_summary(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
+        pass
+
+    def log_dataset(
+        self, name: str, source_path: Path | str, digest: str, n_cells: int, n_genes: int
+    ) -> None:
         pass
 
     def end_run(self, status: Literal["FINISHED", "FAILED"] = "FINISHED") -> None:

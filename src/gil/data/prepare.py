@@ -1,0 +1,186 @@
+"""``gil prepare``: quality control and log1p transform of a raw ``.h5ad`` into the processed layout.
+
+Why streaming: single-cell files can hold millions of cells. The input is read in row chunks twice
+and the output arrays are written chunk by chunk into memory-mapped ``.npy`` files inside the
+temporary output directory, so memory holds one chunk plus per-cell and per-gene vectors, never the
+matrix. The directory is swapped into place only when complete (:func:`gil.files.atomic_dir`).
+
+QC order (as ``scanpy.pp.filter_cells(min_genes)`` followed by ``scanpy.pp.filter_genes(min_cells)``):
+
+1. cells with fewer than ``min_genes_per_cell`` expressed genes (counted over all genes) are removed;
+2. genes expressed in fewer than ``min_cells_per_gene`` of the remaining cells are removed.
+
+Cells are not re-checked after gene removal (scanpy does not either). Both counts are known after one
+pass because each chunk holds whole rows: a cell's fate is decided before its genes are counted.
+
+``genes.tsv`` ``n_cells`` and ``total`` (raw counts) are over the kept cells; ``cells.tsv`` ``n_genes``
+is the cell's number of stored values after gene filtering.
+
+Transform: optional library-size normalisation of each cell to ``normalize_total`` (library size =
+the cell's total over the kept genes, as scanpy after filtering), then ``log1p``; float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from gil.config import Config, PrepareConfig
+from gil.data.io import H5adMatrix, ValueStats, gene_names, label_table, open_h5ad
+from gil.errors import GilError
+from gil.files import atomic_dir, dumps_json
+
+RESERVED_CELL_COLUMNS = ("cell", "n_genes")
+
+
+@dataclass
+class QcCounts:
+    """What the first pass learns: which cells and genes survive QC, and the value statistics."""
+
+    cell_keep: np.ndarray
+    gene_keep: np.ndarray
+    gene_cells: np.ndarray
+    gene_totals: np.ndarray
+    stats: ValueStats
+
+    @property
+    def nnz(self) -> int:
+        """Stored values of the filtered matrix (each kept gene's count of kept expressing cells)."""
+        return int(self.gene_cells[self.gene_keep].sum())
+
+
+def count_pass(source: H5adMatrix, options: PrepareConfig) -> QcCounts:
+    """Pass 1: validate values and apply the QC thresholds (cells first, then genes on kept cells)."""
+    stats = ValueStats(source.path, source.where)
+    cell_keep = np.zeros(source.n_cells, dtype=bool)
+    gene_cells = np.zeros(source.n_genes, dtype=np.int64)
+    gene_totals = np.zeros(source.n_genes, dtype=np.float64)
+    for first_row, chunk in source.chunks(options.chunk_size):
+        stats.update(first_row, chunk)
+        keep = np.diff(chunk.indptr) >= options.min_genes_per_cell
+        cell_keep[first_row : first_row + chunk.shape[0]] = keep
+        kept = chunk[keep]
+        gene_cells += np.bincount(kept.indices, minlength=source.n_genes)
+        gene_totals += np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes)
+    stats.require_counts()
+    return QcCounts(cell_keep, gene_cells >= options.min_cells_per_gene, gene_cells, gene_totals, stats)
+
+
+def transform(counts: sp.csr_matrix, normalize_total: float | None) -> np.ndarray:
+    """Values of ``counts`` (canonical CSR) after optional normalisation and log1p, as float32."""
+    data = counts.data.astype(np.float64)
+    if normalize_total is not None:
+        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        data *= np.repeat(normalize_total / np.where(library > 0, library, 1.0), np.diff(counts.indptr))
+    return np.log1p(data).astype(np.float32)
+
+
+def write_matrix_pass(
+    source: H5adMatrix, qc: QcCounts, options: PrepareConfig, directory: Path
+) -> np.ndarray:
+    """Pass 2: write ``indptr/indices/values.npy`` of the filtered, transformed matrix into ``directory``.
+
+    Returns the number of stored genes of each kept cell.
+    """
+    indices = np.lib.format.open_memmap(directory / "indices.npy", mode="w+", dtype=np.int32, shape=(qc.nnz,))
+    values = np.lib.format.open_memmap(directory / "values.npy", mode="w+", dtype=np.float32, shape=(qc.nnz,))
+    row_genes = []
+    position = 0
+    for first_row, chunk in source.chunks(options.chunk_size):
+        kept = chunk[qc.cell_keep[first_row : first_row + chunk.shape[0]]][:, qc.gene_keep]
+        kept.sort_indices()
+        indices[position : position + kept.nnz] = kept.indices
+        values[position : position + kept.nnz] = transform(kept, options.normalize_total)
+        row_genes.append(np.diff(kept.indptr))
+        position += kept.nnz
+    if position != qc.nnz:
+        raise RuntimeError(f"pass 2 wrote {position} values, pass 1 counted {qc.nnz}: the input changed")
+    indices.flush()
+    values.flush()
+    del indices, values
+    n_genes = np.concatenate(row_genes).astype(np.int64)
+    np.save(directory / "indptr.npy", np.concatenate([[0], np.cumsum(n_genes)]).astype(np.int64))
+    return n_genes
+
+
+def _check_label_columns(columns: list[str]) -> None:
+    clash = [column for column in columns if column in RESERVED_CELL_COLUMNS]
+    if clash:
+        raise GilError(
+            f"dataset.label_columns: {clash} clash with the cells.tsv columns {list(RESERVED_CELL_COLUMNS)}; "
+            "rename that obs column"
+        )
+
+
+def _check_not_empty(qc: QcCounts, config: Config) -> None:
+    if not qc.cell_keep.any():
+        raise GilError(
+            f"no cell has {config.prepare.min_genes_per_cell} expressed genes; "
+            "lower prepare.min_genes_per_cell"
+        )
+    if not qc.gene_keep.any():
+        raise GilError(
+            f"no gene is expressed in {config.prepare.min_cells_per_gene} of the kept cells; "
+            "lower prepare.min_cells_per_gene"
+        )
+
+
+def _summary(config: Config, source: H5adMatrix, qc: QcCounts) -> dict:
+    return {
+        "input": str(config.dataset.path),
+        "matrix": source.where,
+        "value_type": qc.stats.value_type,
+        "cells_before": source.n_cells,
+        "genes_before": source.n_genes,
+        "cells_after": int(qc.cell_keep.sum()),
+        "genes_after": int(qc.gene_keep.sum()),
+        "nnz": qc.nnz,
+        "qc": {
+            "order": "cells (min_genes_per_cell, all genes), then genes (min_cells_per_gene, kept cells)",
+            "min_genes_per_cell": config.prepare.min_genes_per_cell,
+            "min_cells_per_gene": config.prepare.min_cells_per_gene,
+        },
+        "normalized": config.prepare.normalize_total is not None,
+        "normalize_total": config.prepare.normalize_total,
+        "transform": "log1p" if config.prepare.normalize_total is None else "normalize_total, log1p",
+    }
+
+
+def summary_line(summary: dict, out_dir: Path) -> str:
+    """One line for the terminal: sizes before and after QC, the transform and the destination."""
+    return (
+        f"prepared {summary['cells_after']}/{summary['cells_before']} cells x "
+        f"{summary['genes_after']}/{summary['genes_before']} genes ({summary['nnz']} values, "
+        f"{summary['transform']} of {summary['matrix']}) -> {out_dir}"
+    )
+
+
+def run_prepare(config: Config, out_dir: Path) -> None:
+    """QC-filter and transform ``config.dataset.path`` into ``out_dir`` (atomically); print a summary."""
+    dataset, options = config.dataset, config.prepare
+    _check_label_columns(dataset.label_columns)
+    with open_h5ad(dataset.path, dataset.counts_layer) as source:
+        genes = gene_names(source, dataset.gene_column)
+        labels = label_table(source, dataset.label_columns)
+        qc = count_pass(source, options)
+        _check_not_empty(qc, config)
+        summary = _summary(config, source, qc)
+        with atomic_dir(out_dir) as tmp:
+            n_genes = write_matrix_pass(source, qc, options, tmp)
+            cells = pd.DataFrame({"cell": source.obs.index.astype(str)[qc.cell_keep], "n_genes": n_genes})
+            cells = pd.concat([cells, labels[qc.cell_keep].reset_index(drop=True)], axis=1)
+            gene_table = pd.DataFrame(
+                {
+                    "gene": genes[qc.gene_keep],
+                    "n_cells": qc.gene_cells[qc.gene_keep],
+                    "total": np.rint(qc.gene_totals[qc.gene_keep]).astype(np.int64),
+                }
+            )
+            gene_table.to_csv(tmp / "genes.tsv", sep="\t", index=False, lineterminator="\n")
+            cells.to_csv(tmp / "cells.tsv", sep="\t", index=False, lineterminator="\n")
+            (tmp / "prepare.json").write_text(dumps_json(summary))
+    print(summary_line(summary, out_dir))

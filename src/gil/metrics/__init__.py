@@ -1,0 +1,39 @@
+"""Metrics over gene-wise results matrices and probe accuracies.
+
+The pure functions live in :mod:`gil.metrics.continual` and are re-exported here. This package must not
+import torch at import time, so reports and summaries can be computed without the model stack.
+"""
+
+from __future__ import annotations
+
+from gil.metrics.continual import (
+    METRIC_NAMES,
+    accuracy_delta,
+    as_results_matrix,
+    backward_transfer,
+    base_delta,
+    delta,
+    final_loss,
+    forgetting,
+    intransigence,
+    mean_std,
+    plasticity,
+    plasticity_per_stage,
+    summarize,
+)
+
+__all__ = [
+    "METRIC_NAMES",
+    "accuracy_delta",
+    "as_results_matrix",
+    "backward_transfer",
+    "base_delta",
+    "delta",
+    "final_loss",
+    "forgetting",
+    "intransigence",
+    "mean_std",
+    "plasticity",
+    "plasticity_per_stage",
+    "summarize",
+]

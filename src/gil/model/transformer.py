@@ -1,0 +1,157 @@
+"""The scGPT-style gene transformer with a growable gene embedding.
+
+Why this shape: a cell is an unordered set of (gene, value) tokens, so there is no positional
+encoding; the token embedding is ``LayerNorm(gene embedding) + value encoder(value)``. The encoder is
+post-norm like the paper's and calls ``scaled_dot_product_attention`` directly (fused kernels, one
+boolean key-padding mask). Two heads regress expression: the per-token MLM head and the MVC head,
+which predicts a gene's value from its embedding and the ``<cls>`` cell embedding.
+
+The model holds no continual-learning logic; it only knows how many gene tokens it has
+(:meth:`GeneTransformer.grow_vocabulary` appends rows and never touches old ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """Per-token predictions of both heads, the cell embedding, and the input mask used."""
+
+    mlm: torch.Tensor  # [B, L]
+    mvc: torch.Tensor  # [B, L]
+    cell: torch.Tensor  # [B, d]
+
+
+class GeneEmbedding(nn.Module):
+    """An embedding table that can grow by appending rows."""
+
+    def __init__(self, n_tokens: int, d_model: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.d_model = d_model
+        self.weight = nn.Parameter(torch.randn(n_tokens, d_model, generator=generator))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.weight.shape[0])
+
+    def grow(self, n_tokens: int, generator: torch.Generator | None = None) -> None:
+        """Append rows up to ``n_tokens``; existing rows are kept bit for bit."""
+        extra = n_tokens - self.n_tokens
+        if extra < 0:
+            raise ValueError(f"cannot shrink the vocabulary from {self.n_tokens} to {n_tokens} tokens")
+        if extra == 0:
+            return
+        new_rows = torch.randn(extra, self.d_model, generator=generator).to(self.weight)
+        self.weight = nn.Parameter(torch.cat([self.weight.detach(), new_rows]))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.weight)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer on fused scaled-dot-product attention."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ff_in = nn.Linear(d_model, d_ff)
+        self.ff_out = nn.Linear(d_ff, d_model)
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``attend`` is a ``[B, 1, 1, L]`` boolean mask, True where a key may be attended to."""
+        batch, length, d_model = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.n_heads, d_model // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        attended = attended.transpose(1, 2).reshape(batch, length, d_model)
+        x = self.norm_attn(x + F.dropout(self.out(attended), drop, self.training))
+        hidden = F.dropout(F.gelu(self.ff_in(x)), drop, self.training)
+        return self.norm_ff(x + F.dropout(self.ff_out(hidden), drop, self.training))
+
+
+class GeneTransformer(nn.Module):
+    """Gene embedding + value encoder, transformer encoder, MLM and MVC heads."""
+
+    ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "dropout")
+
+    @classmethod
+    def from_sizes(cls, n_tokens: int, sizes: dict) -> GeneTransformer:
+        """Build from a resolved model config (extra keys such as ``max_seq`` are batching's)."""
+        return cls(n_tokens=n_tokens, **{key: sizes[key] for key in cls.ARCHITECTURE_KEYS})
+
+    def __init__(
+        self,
+        n_tokens: int,
+        n_layers: int,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+    ):
+        super().__init__()
+        self.gene_embedding = GeneEmbedding(n_tokens, d_model)
+        self.gene_norm = nn.LayerNorm(d_model)
+        self.value_encoder = nn.Sequential(
+            nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.LayerNorm(d_model)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.mlm_head = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+            nn.Linear(d_model, 1),
+        )
+        self.mvc_query = nn.Linear(d_model, d_model)
+        self.mvc_cell = nn.Linear(d_model, d_model, bias=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.gene_embedding.n_tokens
+
+    def grow_vocabulary(self, n_tokens: int, generator: torch.Generator | None = None) -> None:
+        """Append embedding rows for new genes (no-op when the table is already that large)."""
+        self.gene_embedding.grow(n_tokens, generator)
+
+    def encode(self, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Contextual token states ``[B, L, d]``; padded keys are never attended to."""
+        gene_states = self.gene_norm(self.gene_embedding(genes))
+        x = self.dropout(gene_states + self.value_encoder(values.unsqueeze(-1)))
+        attend = (~padding)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attend)
+        return x
+
+    def forward(self, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor) -> ModelOutput:
+        states = self.encode(genes, values, padding)
+        cell = states[:, 0]
+        mlm = self.mlm_head(states).squeeze(-1)
+        query = torch.sigmoid(self.mvc_query(self.gene_norm(self.gene_embedding(genes))))
+        mvc = torch.einsum("bld,bd->bl", query, self.mvc_cell(cell))
+        return ModelOutput(mlm=mlm, mvc=mvc, cell=cell)
+
+
+def masked_value_loss(
+    output: ModelOutput, targets: torch.Tensor, masked: torch.Tensor, mvc_weight: float
+) -> torch.Tensor:
+    """Paper loss: MSE of the MLM head plus ``mvc_weight`` x MSE of the MVC head, on masked positions.
+
+    A batch without any masked position contributes zero (not NaN).
+    """
+    if not bool(masked.any()):
+        return output.mlm.sum() * 0.0
+    target = targets[masked]
+    mlm = F.mse_loss(output.mlm[masked], target)
+    if mvc_weight == 0:
+        return mlm
+    return mlm + mvc_weight * F.mse_loss(output.mvc[masked], target)

@@ -1,0 +1,422 @@
+"""Benchmark report: figures and a paper-style Markdown table from per-strategy metrics files.
+
+Input: the ``metrics/<strategy>.json`` files written by the evaluate step. Each holds a results matrix
+``regression.matrix`` (mean over seeds; ``null`` above the diagonal: gene set not learned yet), its
+``matrix_std``, summary metrics as ``<name>_mean`` / ``<name>_std`` over seeds, and optional linear-probe
+accuracies per task (``probe.tasks.<task>.accuracy`` after stages ``0..n``). Losses are masked-value MSE,
+lower is better; the sign conventions are those of :mod:`gil.metrics.continual`.
+
+Figures are drawn on explicit Agg canvases (no pyplot, no global backend switch), so reporting works
+headless and leaves an interactive session's backend alone; matplotlib is imported only when drawing.
+Every output is written atomically, PNGs without a version stamp so identical inputs give identical bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gil.errors import GilError
+from gil.files import atomic_file, write_text
+from gil.metrics.continual import as_results_matrix
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Metrics = Mapping[str, Any]
+
+FORGETTING_CURVES_PNG = "forgetting_curves.png"
+PROBE_ACCURACY_PNG = "probe_accuracy.png"
+
+_BASELINE_KINDS = frozenset({"finetune"})  # listed first: what every method is compared against
+_REFERENCE_KINDS = frozenset({"joint"})  # listed last: the upper bound, not a continual method
+_STRATEGY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MISSING = "–"
+
+LEGEND = "\n".join(
+    [
+        "Values are mean ± std over seeds (sample std); – = not available. Losses are masked-value MSE,",
+        "lower is better. Signs:",
+        "",
+        "- Δ = loss on T_j after the last stage − loss right after stage j, averaged over T_1..T_{n-1}"
+        " (the paper's Δ; larger = more forgetting).",
+        "- Forgetting = final loss − best earlier loss, averaged over B, T_1..T_{n-1}"
+        " (larger = more forgetting).",
+        "- BWT = loss right after learning − final loss, over the same gene sets (negative = forgetting).",
+        "- Final MSE = mean loss over all gene sets after the last stage.",
+        "- Plasticity = loss on T_k right after stage k, averaged over k (lower = learns new genes better).",
+        "- Probe Δ = linear-probe accuracy after the last stage − accuracy when the task's genes were"
+        " learned, averaged over tasks, in the stored accuracy units (negative = forgetting).",
+    ]
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input validation and access
+
+
+def _check_metrics(metrics: Any, source: str) -> None:
+    """Raise :class:`GilError` naming ``source`` unless ``metrics`` has the structure this module reads."""
+    if not isinstance(metrics, Mapping):
+        raise GilError(f"{source}: expected a JSON object with keys 'strategy', 'gene_sets', 'regression'")
+    name = metrics.get("strategy")
+    if not isinstance(name, str) or not _STRATEGY_NAME.fullmatch(name):
+        raise GilError(f"{source}: 'strategy' must be a name of letters, digits, '_', '.', '-'; got {name!r}")
+    gene_sets = metrics.get("gene_sets")
+    if (
+        not isinstance(gene_sets, list)
+        or len(gene_sets) < 2
+        or not all(isinstance(g, str) for g in gene_sets)
+    ):
+        raise GilError(f"{source}: 'gene_sets' must list at least two gene set names (B, T1, ...)")
+    regression = metrics.get("regression")
+    if not isinstance(regression, Mapping) or "matrix" not in regression:
+        raise GilError(f"{source}: missing 'regression.matrix' (the results matrix R)")
+    for key in ("matrix", "matrix_std"):
+        if key == "matrix" or regression.get(key) is not None:
+            try:
+                matrix = as_results_matrix(regression[key], name=f"regression.{key}")
+            except ValueError as error:
+                raise GilError(f"{source}: {error}") from None
+            if matrix.shape[0] != len(gene_sets):
+                raise GilError(
+                    f"{source}: regression.{key} is {matrix.shape[0]}x{matrix.shape[1]} but there are "
+                    f"{len(gene_sets)} gene sets"
+                )
+    for task, result in _probe_tasks(metrics, source).items():
+        accuracy = result.get("accuracy") if isinstance(result, Mapping) else None
+        learned_at = result.get("learned_at") if isinstance(result, Mapping) else None
+        if not isinstance(accuracy, list) or len(accuracy) != len(gene_sets):
+            raise GilError(f"{source}: probe.tasks.{task}.accuracy must list one value per stage")
+        if (
+            isinstance(learned_at, bool)
+            or not isinstance(learned_at, int)
+            or not 0 <= learned_at < len(gene_sets)
+        ):
+            raise GilError(f"{source}: probe.tasks.{task}.learned_at must be a stage index")
+
+
+def _probe_tasks(metrics: Metrics, source: str) -> Mapping[str, Any]:
+    """The probe results by task; empty when the metrics have no probe section."""
+    probe = metrics.get("probe")
+    tasks = probe.get("tasks") if isinstance(probe, Mapping) else None
+    if probe is not None and not isinstance(tasks, Mapping):
+        raise GilError(f"{source}: 'probe' must be null or an object with a 'tasks' object")
+    return tasks or {}
+
+
+def _checked(metrics_by_strategy: Mapping[str, Metrics]) -> list[str]:
+    """Validate every strategy's metrics and their common gene sets; return names in report order."""
+    if not metrics_by_strategy:
+        raise GilError("no strategy metrics to report; run the evaluate step first")
+    for name, metrics in metrics_by_strategy.items():
+        _check_metrics(metrics, f"metrics of {name!r}")
+    gene_sets = {tuple(metrics["gene_sets"]) for metrics in metrics_by_strategy.values()}
+    if len(gene_sets) > 1:
+        raise GilError(
+            f"strategies were evaluated on different gene sets {sorted(gene_sets)}; "
+            "report only metrics from the same split"
+        )
+    return _report_order(metrics_by_strategy)
+
+
+def _report_order(metrics_by_strategy: Mapping[str, Metrics]) -> list[str]:
+    """Baseline first, then the other methods by increasing Δ (least forgetting first), the joint oracle
+    last; ties and undefined Δ by name. Mirrors the paper's Baseline / methods / Oracle layout."""
+
+    def key(name: str) -> tuple[int, float, str]:
+        metrics = metrics_by_strategy[name]
+        kind = metrics.get("kind")
+        group = 0 if kind in _BASELINE_KINDS else 2 if kind in _REFERENCE_KINDS else 1
+        delta_mean, _ = _stat(metrics["regression"], "delta")
+        return group, math.inf if delta_mean is None or group != 1 else delta_mean, name
+
+    return sorted(metrics_by_strategy, key=key)
+
+
+def _matrix(metrics: Metrics, key: str = "matrix") -> NDArray[np.float64] | None:
+    """``regression.<key>`` as a float array with NaN for null, or None when absent."""
+    values = metrics["regression"].get(key)
+    return None if values is None else np.array(values, dtype=float)
+
+
+def _vector(values: Sequence[float | None] | None) -> NDArray[np.float64] | None:
+    return None if values is None else np.array(values, dtype=float)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for null / NaN / non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _stat(section: Mapping[str, Any], name: str) -> tuple[float | None, float | None]:
+    """``(<name>_mean, <name>_std)`` of a metrics section, falling back to ``<name>`` for the mean."""
+    mean = _number(section.get(f"{name}_mean", section.get(name)))
+    return mean, _number(section.get(f"{name}_std"))
+
+
+def _format(mean: float | None, std: float | None = None) -> str:
+    """``0.123 ± 0.010``; just the mean when there is no std; ``–`` when there is no mean."""
+    if mean is None:
+        return _MISSING
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _stage_labels(n_rows: int) -> list[str]:
+    return ["0 (base)", *(str(stage) for stage in range(1, n_rows))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _new_figure(n_panels: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n_panels`` side-by-side axes on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(panel_size[0] * n_panels, panel_size[1]), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, list(figure.subplots(1, n_panels, squeeze=False)[0])
+
+
+def _save_png(figure: Figure, path: Path | str) -> None:
+    """Write ``figure`` as a PNG atomically, without the matplotlib version stamp."""
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+
+
+def _strategy_colors(names: Sequence[str]) -> dict[str, str]:
+    """One fixed colour per strategy, so a strategy looks the same in every panel."""
+    return {name: f"C{index % 10}" for index, name in enumerate(names)}
+
+
+def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
+    """Heatmap of the results matrix ``R`` (rows: after stage; columns: gene set), annotated with
+    ``mean ± std`` over seeds; cells of gene sets not learned yet are blank."""
+    _check_metrics(metrics, "metrics given to plot_results_matrix")
+    import matplotlib
+
+    values = _matrix(metrics)
+    stds = _matrix(metrics, "matrix_std")
+    gene_sets = metrics["gene_sets"]
+    figure, (axes,) = _new_figure(1, (1.3 * len(gene_sets) + 2.5, 1.0 * len(gene_sets) + 1.5))
+    colormap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=colormap)
+    figure.colorbar(image, ax=axes, label="masked-value MSE (lower is better)")
+    for (row, col), value in np.ndenumerate(values):
+        if np.isnan(value):
+            continue
+        std = None if stds is None else _number(stds[row, col])
+        text_color = "white" if image.norm(value) > 0.5 else "black"
+        label = _format(value) if std is None else f"{value:.3f}\n± {std:.3f}"
+        axes.text(col, row, label, ha="center", va="center", color=text_color, fontsize=8)
+    axes.set_xticks(range(len(gene_sets)), gene_sets)
+    axes.set_yticks(range(len(gene_sets)), _stage_labels(len(gene_sets)))
+    axes.set_xlabel("gene set")
+    axes.set_ylabel("after stage")
+    axes.set_title(f"{metrics['strategy']}: results matrix R")
+    _save_png(figure, path)
+
+
+def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Path | str) -> None:
+    """Loss on each old gene set (B, T1..T_{n-1}) after every stage since it was learned: one panel per
+    gene set, one line per strategy, error bars = std over seeds. Rising lines are forgetting."""
+    names = _checked(metrics_by_strategy)
+    gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
+    n_old = len(gene_sets) - 1  # the last gene set has a single point: nothing to forget yet
+    colors = _strategy_colors(names)
+    figure, panels = _new_figure(n_old, (4.0, 3.2))
+    for gene_set_index, axes in enumerate(panels):
+        stages = np.arange(gene_set_index, len(gene_sets))
+        for name in names:
+            values = _matrix(metrics_by_strategy[name])
+            stds = _matrix(metrics_by_strategy[name], "matrix_std")
+            axes.errorbar(
+                stages,
+                values[stages, gene_set_index],
+                yerr=None if stds is None else stds[stages, gene_set_index],
+                marker="o",
+                capsize=3,
+                color=colors[name],
+                label=name,
+            )
+        axes.set_xticks(stages, [_stage_labels(len(gene_sets))[stage] for stage in stages])
+        axes.set_title(f"{gene_sets[gene_set_index]} (learned at stage {gene_set_index})")
+        axes.set_xlabel("after stage")
+        axes.set_ylabel(f"MSE on {gene_sets[gene_set_index]}")
+    panels[-1].legend(title="strategy", fontsize=8)
+    _save_png(figure, path)
+
+
+def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path | str) -> None:
+    """Linear-probe accuracy after every stage: one panel per task, one line per strategy, error bars =
+    std over seeds, a dotted line at the stage that learned the task's genes. Without probe results the
+    figure says so, so the report's file set does not depend on the settings."""
+    names = _checked(metrics_by_strategy)
+    tasks: dict[str, int] = {}
+    for name in names:
+        for task, result in _probe_tasks(metrics_by_strategy[name], name).items():
+            tasks.setdefault(task, result["learned_at"])
+    colors = _strategy_colors(names)
+    stage_labels = _stage_labels(len(metrics_by_strategy[names[0]]["gene_sets"]))
+    figure, panels = _new_figure(max(len(tasks), 1), (4.0, 3.2))
+    if not tasks:
+        panels[0].text(0.5, 0.5, "no probe results in the metrics", ha="center", va="center")
+        panels[0].set_axis_off()
+    ordered_tasks = sorted(tasks.items(), key=lambda item: (item[1], item[0]))
+    # Without tasks the single panel holds the note above and the loop is empty.
+    for (task, learned_at), axes in zip(ordered_tasks, panels, strict=False):
+        for name in names:
+            result = _probe_tasks(metrics_by_strategy[name], name).get(task)
+            if result is None:
+                continue
+            accuracy = _vector(result["accuracy"])
+            axes.errorbar(
+                np.arange(accuracy.size),
+                accuracy,
+                yerr=_vector(result.get("accuracy_std")),
+                marker="o",
+                capsize=3,
+                color=colors[name],
+                label=name,
+            )
+        axes.set_xticks(range(len(stage_labels)), stage_labels)
+        axes.axvline(learned_at, color="grey", linestyle=":", linewidth=1)
+        axes.set_title(f"{task} (genes learned at stage {learned_at})")
+        axes.set_xlabel("after stage")
+        axes.set_ylabel("probe accuracy")
+        axes.legend(title="strategy", fontsize=8)
+    _save_png(figure, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Table and report
+
+
+def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
+    """Paper-style Markdown table, one row per strategy in report order, followed by a legend.
+
+    Columns: Δ, forgetting, BWT, final MSE, plasticity (new-gene MSE), the first incremental gene set's
+    loss right after learning it → after the last stage, and the probe Δ; each ``mean ± std`` over seeds.
+    """
+    names = _checked(metrics_by_strategy)
+    gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
+    last = len(gene_sets) - 1
+    columns = [
+        ("Δ (mean ± std)", "delta"),
+        ("forgetting", "forgetting"),
+        ("BWT", "bwt"),
+        ("final MSE", "final_mse"),
+        ("plasticity (new-gene MSE)", "plasticity"),
+    ]
+    header = [
+        "strategy",
+        *(title for title, _ in columns),
+        f"{gene_sets[1]}: after stage 1 → after stage {last}",
+        "probe Δ",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        metrics = metrics_by_strategy[name]
+        regression = metrics["regression"]
+        matrix = _matrix(metrics)
+        probe = metrics.get("probe") if isinstance(metrics.get("probe"), Mapping) else {}
+        cells = [
+            name,
+            *(_format(*_stat(regression, key)) for _, key in columns),
+            f"{_format(matrix[1, 1])} → {_format(matrix[last, 1])}",
+            _format(*_stat(probe, "delta")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+
+
+def load_metrics(metrics_paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
+    """Read and validate metrics JSON files; return them by strategy name."""
+    if not metrics_paths:
+        raise GilError("no metrics files found; run the evaluate step to write metrics/<strategy>.json")
+    metrics_by_strategy: dict[str, dict[str, Any]] = {}
+    for path in map(Path, metrics_paths):
+        try:
+            metrics = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GilError(f"{path}: metrics file not found; run the evaluate step first") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise GilError(f"{path}: not a readable JSON metrics file ({error})") from None
+        _check_metrics(metrics, str(path))
+        if metrics["strategy"] in metrics_by_strategy:
+            raise GilError(f"{path}: strategy {metrics['strategy']!r} appears in more than one metrics file")
+        metrics_by_strategy[metrics["strategy"]] = metrics
+    _checked(metrics_by_strategy)
+    return metrics_by_strategy
+
+
+def _seed_counts(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
+    counts = {name: len(metrics_by_strategy[name].get("per_seed") or {}) for name in names}
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} per strategy"
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _report_markdown(
+    metrics_by_strategy: Mapping[str, Metrics], figures: Mapping[str, str], names: Sequence[str]
+) -> str:
+    """The report text; ``figures`` maps a caption to a link relative to the report."""
+    gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
+    evaluations = sorted({str(m["evaluation"]) for m in metrics_by_strategy.values() if m.get("evaluation")})
+    lines = [
+        "# Gene-incremental learning benchmark",
+        "",
+        "## Settings",
+        "",
+        f"- Gene sets: {', '.join(gene_sets)} ({gene_sets[0]} = base genes, learned at stage 0; "
+        f"{len(gene_sets) - 1} incremental stages)",
+        "- Strategies: " + ", ".join(f"{n} ({metrics_by_strategy[n].get('kind', '?')})" for n in names),
+        f"- Seeds: {_seed_counts(metrics_by_strategy, names)}",
+        *(f"- Evaluation: {evaluation}" for evaluation in evaluations),
+        "",
+        "## Results",
+        "",
+        benchmark_table(metrics_by_strategy),
+    ]
+    headlines = [(n, metrics_by_strategy[n].get("headline")) for n in names]
+    if any(headline for _, headline in headlines):
+        lines += ["## Headlines", "", *(f"- **{n}**: {h}" for n, h in headlines if h), ""]
+    lines += ["## Figures", ""]
+    for caption, link in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({link})", ""]
+    return "\n".join(lines)
+
+
+def run_report(metrics_paths: Sequence[Path | str], out_md: Path | str, plots_dir: Path | str) -> None:
+    """Load the metrics files; write one heatmap per strategy (``R_<strategy>.png``), the forgetting
+    curves and probe accuracy figures into ``plots_dir``, and the Markdown report linking them to
+    ``out_md``. Raises :class:`GilError` when no file is given or one is missing or malformed."""
+    metrics_by_strategy = load_metrics(metrics_paths)
+    names = _report_order(metrics_by_strategy)
+    out_md, plots_dir = Path(out_md), Path(plots_dir)
+    figures: dict[str, str] = {}
+
+    def link(file_name: str) -> str:
+        return Path(os.path.relpath(plots_dir / file_name, out_md.parent)).as_posix()
+
+    for name in names:
+        plot_results_matrix(metrics_by_strategy[name], plots_dir / f"R_{name}.png")
+        figures[f"Results matrix: {name}"] = link(f"R_{name}.png")
+    plot_forgetting_curves(metrics_by_strategy, plots_dir / FORGETTING_CURVES_PNG)
+    figures["Forgetting curves"] = link(FORGETTING_CURVES_PNG)
+    plot_probe_accuracy(metrics_by_strategy, plots_dir / PROBE_ACCURACY_PNG)
+    figures["Probe accuracy"] = link(PROBE_ACCURACY_PNG)
+    write_text(out_md, _report_markdown(metrics_by_strategy, figures, names))

@@ -1,0 +1,177 @@
+"""Rank strategies across seeds from the runs recorded in MLflow.
+
+Why from MLflow rather than from ``metrics/*.json``: the tracking server is the one place where
+the runs of every process (DVC stages, sweep trials, other machines) meet. Only current results
+count: parent runs (``gil.kind=parent``, not the nested stage runs) that are not superseded and
+FINISHED (a failed or still running run has no complete summary).
+
+Each strategy gets the mean and the sample standard deviation (ddof=1; empty with one seed) of
+every summary metric over its seeds. Ranking is ascending by ``metric`` (lower is better for
+losses and forgetting, the defaults) or descending for accuracy-like metrics; ties are broken
+by ``tiebreak``, always ascending (a loss, ``final_mse`` by default). Strategies without the
+metric rank last.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from gil.config import TrackingConfig
+from gil.errors import GilError
+from gil.files import atomic_file, write_text
+from gil.tracking.mlflow_tracker import (
+    KIND_PARENT,
+    TAG_KIND,
+    TAG_SEED,
+    TAG_STRATEGY,
+    TAG_SUPERSEDED,
+)
+from gil.tracking.server import check_reachable, resolve_tracking_uri
+
+KIND_LEADERBOARD = "leaderboard"
+_CURRENT_PARENTS = (
+    f"tags.`{TAG_KIND}` = '{KIND_PARENT}' and tags.`{TAG_SUPERSEDED}` = 'false' "
+    "and attributes.status = 'FINISHED'"
+)
+
+
+def _search_all(client: MlflowClient, experiment_id: str, condition: str) -> list[Run]:
+    """Every active run matching ``condition``, following MLflow's result pages."""
+    runs: list[Run] = []
+    page_token = None
+    while True:
+        page = client.search_runs([experiment_id], condition, max_results=1000, page_token=page_token)
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        raise GilError(
+            f"MLflow experiment {experiment!r} not found at {uri}; run the benchmark first or set "
+            "tracking.experiment"
+        )
+    return found.experiment_id
+
+
+def fetch_leaderboard(
+    uri: str,
+    experiment: str,
+    metric: str = "forgetting",
+    tiebreak: str = "final_mse",
+    descending: bool = False,
+) -> pd.DataFrame:
+    """One row per strategy, ranked: ``rank``, ``strategy``, ``n_seeds``, ``<m>_mean``, ``<m>_std``.
+
+    Metric columns come in the order ``metric``, ``tiebreak``, then the others alphabetically.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    runs = _search_all(client, _experiment_id(client, uri, experiment), _CURRENT_PARENTS)
+    if not runs:
+        raise GilError(f"MLflow experiment {experiment!r} has no finished, current strategy runs yet")
+    per_run = pd.DataFrame(
+        [
+            {"strategy": run.data.tags[TAG_STRATEGY], "seed": run.data.tags[TAG_SEED], **run.data.metrics}
+            for run in runs
+        ]
+    )
+    metric_names = sorted(set(per_run.columns) - {"strategy", "seed"})
+    if metric not in metric_names:
+        raise GilError(
+            f"no run of {experiment!r} has metric {metric!r}; available: {', '.join(metric_names)}"
+        )
+    ranking = [metric, tiebreak] if tiebreak in metric_names and tiebreak != metric else [metric]
+    grouped = per_run.groupby("strategy")
+    table = pd.DataFrame({"n_seeds": grouped["seed"].nunique()})
+    for name in ranking + [name for name in metric_names if name not in ranking]:
+        table[f"{name}_mean"] = grouped[name].mean()
+        table[f"{name}_std"] = grouped[name].std(ddof=1)
+    table = table.sort_values(
+        [f"{name}_mean" for name in ranking],
+        ascending=[not descending, True][: len(ranking)],
+        na_position="last",
+    ).reset_index()
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def _display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and rows with ``mean ± std`` cells, shared by the terminal and Markdown tables."""
+    metrics = [column.removesuffix("_mean") for column in table.columns if column.endswith("_mean")]
+    header = ["rank", "strategy", "seeds", *metrics]
+    rows = [
+        [str(row["rank"]), str(row["strategy"]), str(row["n_seeds"])]
+        + [_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name in metrics]
+        for _, row in table.iterrows()
+    ]
+    return header, rows
+
+
+def format_table(table: pd.DataFrame, markdown: bool = False) -> str:
+    """The leaderboard as aligned plain text (terminal) or as a Markdown table."""
+    header, rows = _display_rows(table)
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = [
+        [cell.ljust(width) for cell, width in zip(line, widths, strict=True)] for line in [header, *rows]
+    ]
+    if markdown:
+        lines.insert(1, ["-" * width for width in widths])
+        return "\n".join(f"| {' | '.join(line)} |" for line in lines) + "\n"
+    return "\n".join("  ".join(line).rstrip() for line in lines) + "\n"
+
+
+def _leaderboard_run_id(client: MlflowClient, experiment_id: str) -> str:
+    """The experiment's one leaderboard run, created on first use (re-runs update it in place)."""
+    existing = _search_all(client, experiment_id, f"tags.`{TAG_KIND}` = '{KIND_LEADERBOARD}'")
+    if existing:
+        return existing[0].info.run_id
+    return client.create_run(
+        experiment_id, run_name="leaderboard", tags={TAG_KIND: KIND_LEADERBOARD}
+    ).info.run_id
+
+
+def run_leaderboard(
+    config: TrackingConfig,
+    experiment_default: str,
+    metric: str,
+    out_dir: Path,
+    tiebreak: str = "final_mse",
+    descending: bool = False,
+) -> str:
+    """Write ``leaderboard.md`` and ``leaderboard.csv`` to ``out_dir``, log both on the
+    experiment's ``leaderboard`` run, and return the table as terminal text."""
+    uri = resolve_tracking_uri(config)
+    check_reachable(uri)
+    experiment = config.experiment or experiment_default
+    table = fetch_leaderboard(uri, experiment, metric, tiebreak, descending)
+    direction = "higher" if descending else "lower"
+    markdown = (
+        f"# Leaderboard: {experiment}\n\n"
+        f"Ranked by mean `{metric}` over seeds ({direction} is better), ties by `{tiebreak}`; "
+        "cells are mean ± sample std.\n\n" + format_table(table, markdown=True)
+    )
+    markdown_path, csv_path = out_dir / "leaderboard.md", out_dir / "leaderboard.csv"
+    write_text(markdown_path, markdown)
+    with atomic_file(csv_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.10g")
+    client = MlflowClient(tracking_uri=uri)
+    run_id = _leaderboard_run_id(client, _experiment_id(client, uri, experiment))
+    for path in (markdown_path, csv_path):
+        client.log_artifact(run_id, str(path))
+    client.set_tag(run_id, "gil.leaderboard.metric", metric)
+    client.set_terminated(run_id, "FINISHED")
+    return format_table(table)

@@ -1,0 +1,291 @@
+"""The stage loop: base stage, then stages 1..n, each from the previous stage's final weights.
+
+Why it is built this way:
+
+- Every random stream of stage ``k`` (batch order, gene sampling, masks, dropout, new embedding rows)
+  is seeded from ``(seed, k)``. A run resumed from the checkpoint of stage ``k-1`` therefore redoes
+  stage ``k`` exactly as an uninterrupted run would, and checkpoints need no RNG state.
+- Each stage gets a fresh Adam optimizer with linear warm-up (as in the paper).
+- The trainer owns the optimizer step; strategies only add named loss terms (see
+  :mod:`gil.strategies.base`), which are logged by name.
+- On CUDA the forward pass runs under bf16 autocast; batches are pinned and copied non-blocking.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gil.config import Config
+from gil.data.batches import Batch, BatchBuilder
+from gil.data.layout import ProcessedData, Split
+from gil.data.vocab import Vocabulary
+from gil.errors import GilError
+from gil.model import GeneTransformer, ModelOutput, masked_value_loss
+from gil.strategies import build_strategy
+from gil.strategies.base import StageContext, Strategy
+from gil.tracking.base import NullTracker, Tracker
+from gil.train.checkpoint import (
+    completed_stages,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    stage_path,
+)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (independent streams for independent purposes)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise GilError("train.device is 'cuda' but no CUDA device is available; set train.device: auto")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; disabled on the CPU (fp32 there, for exact reproducibility)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def build_model(config: Config, vocab: Vocabulary, seed: int) -> GeneTransformer:
+    """A freshly initialised model holding the base-stage vocabulary (or all genes if preallocated)."""
+    n_tokens = vocab.size if config.model.vocabulary == "preallocated" else vocab.size_through(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 0xC0FFEE))
+        return GeneTransformer.from_sizes(n_tokens, config.model.resolved())
+
+
+def run_fingerprint(config: Config, strategy_name: str, seed: int, vocab: Vocabulary, split: Split) -> str:
+    """What a checkpoint of this run depends on: model, training, strategy, seed and the split."""
+    train = config.train.model_dump(exclude={"seeds", "device", "threads"})
+    return fingerprint(
+        {
+            "model": config.model.model_dump(),
+            "train": train,
+            "strategy": config.strategies[strategy_name].model_dump(),
+            "seed": seed,
+            "genes": vocab.genes,
+            "set_sizes": vocab.set_sizes,
+            "cell_stages": fingerprint({"stages": split.cell_stages.tolist()}),
+        }
+    )
+
+
+@dataclass
+class StageRecord:
+    """What happened in one stage: epoch losses (task and named terms) and throughput."""
+
+    stage: int
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    cells_per_second: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class StageTrainer:
+    """Trains one (strategy, seed) through all stages, checkpointing after each."""
+
+    config: Config
+    strategy_name: str
+    seed: int
+    data: ProcessedData
+    split: Split
+    run_dir: Path
+    tracker: Tracker = field(default_factory=NullTracker)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy_name not in self.config.strategies:
+            raise GilError(
+                f"unknown strategy {self.strategy_name!r}; choose one of {sorted(self.config.strategies)} "
+                "(the entries of 'strategies' in params.yaml)"
+            )
+        self.device = pick_device(self.config.train.device)
+        self.vocab = Vocabulary.from_split(self.split)
+        sizes = self.config.model.resolved()
+        self.builder = BatchBuilder(self.data, self.vocab, self.split.cell_stages, sizes["max_seq"])
+        self.fingerprint = run_fingerprint(self.config, self.strategy_name, self.seed, self.vocab, self.split)
+        self.strategy: Strategy = build_strategy(self.config.strategies[self.strategy_name])
+        self.model = build_model(self.config, self.vocab, self.seed).to(self.device)
+
+    # -- one stage -------------------------------------------------------------------------
+
+    def task_loss(self, batch: Batch, output: ModelOutput) -> torch.Tensor:
+        return masked_value_loss(output, batch.targets, batch.masked, self.config.train.mvc_weight)
+
+    def _context(self, stage: int) -> StageContext:
+        return StageContext(
+            stage=stage,
+            model=self.model,
+            builder=self.builder,
+            cells=self.data.cells,
+            batch_size=self.config.train.batch_size,
+            mask_fraction=self.config.train.mask_fraction,
+            device=self.device,
+            task_loss=self.task_loss,
+        )
+
+    def _epochs(self, stage: int) -> int:
+        train = self.config.train
+        return train.base_epochs if stage == 0 and train.base_epochs else train.epochs_per_stage
+
+    def train_stage(self, stage: int) -> StageRecord:
+        """Run stage ``stage`` from the current weights; deterministic given (seed, stage)."""
+        train = self.config.train
+        torch.manual_seed(derive_seed(self.seed, stage, 1))
+        rng = np.random.default_rng([self.seed, stage])
+        ctx = self._context(stage)
+        if len(ctx.cells_of_stage(stage)) == 0:
+            raise GilError(f"stage {stage} has no training cells; change split fractions and rerun `gil split`")
+        self.strategy.before_stage(ctx)
+        if self.config.model.vocabulary == "growing":
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, stage, 2))
+            self.model.grow_vocabulary(self.vocab.size_through(stage), generator)
+            self.model.to(self.device)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        warmup = max(train.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        record = StageRecord(stage=stage)
+        started, n_cells = time.perf_counter(), 0
+        for epoch in range(self._epochs(stage)):
+            self.model.train()
+            batches = self.strategy.epoch_batches(ctx, rng)
+            sums: dict[str, float] = {}
+            bar = tqdm(batches, desc=f"{self.strategy_name} seed {self.seed} stage {stage} epoch {epoch + 1}",
+                       disable=not self.progress, leave=False, unit="batch")
+            for rows in bar:
+                batch = self.builder.training_batch(rows, rng, train.mask_fraction)
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
+                batch = batch.to(self.device, non_blocking=True)
+                with autocast(self.device):
+                    output = ctx.forward(batch)
+                    task = self.task_loss(batch, output)
+                    terms = self.strategy.loss_terms(ctx, batch, output)
+                loss = task + sum(terms.values(), torch.zeros((), device=self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                n_cells += batch.n_cells
+                for name, value in {"loss": loss, "task_loss": task, **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.4f}")
+            epoch_means = {name: total / max(len(batches), 1) for name, total in sums.items()}
+            record.epochs.append(epoch_means)
+            self.tracker.log_metrics(epoch_means, step=epoch)
+        self.strategy.after_stage(ctx)
+        record.seconds = time.perf_counter() - started
+        record.cells_per_second = n_cells / max(record.seconds, 1e-9)
+        return record
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, stage: int, record: StageRecord) -> Path:
+        path = stage_path(self.run_dir, stage)
+        save_checkpoint(
+            path,
+            {
+                "fingerprint": self.fingerprint,
+                "strategy": self.strategy_name,
+                "seed": self.seed,
+                "stage": stage,
+                "model_sizes": self.config.model.resolved(),
+                "n_tokens": self.model.n_tokens,
+                "vocabulary": self.vocab.genes_through(stage),
+                "model": self.model.state_dict(),
+                "strategy_state": self.strategy.state_dict(),
+                "epochs": record.epochs,
+                "cells_per_second": record.cells_per_second,
+                "seconds": record.seconds,
+            },
+        )
+        return path
+
+    def restore(self, stage: int) -> None:
+        """Load the checkpoint of ``stage`` into the model and the strategy."""
+        payload = load_checkpoint(stage_path(self.run_dir, stage), self.fingerprint)
+        self.model.grow_vocabulary(int(payload["n_tokens"]))
+        self.model.load_state_dict(payload["model"])
+        self.model.to(self.device)
+        self.strategy.load_state_dict(payload["strategy_state"])
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self, fresh: bool = False) -> list[StageRecord]:
+        """Train every stage not yet checkpointed; resume after the last complete checkpoint."""
+        if fresh:
+            for stage in completed_stages(self.run_dir):
+                stage_path(self.run_dir, stage).unlink()
+        done = completed_stages(self.run_dir)
+        n_stages = self.split.n_stages
+        start = done[-1] + 1 if done else 0
+        if done:
+            self.restore(done[-1])
+        records = []
+        for stage in range(start, n_stages + 1):
+            self.tracker.begin_stage(stage)
+            record = self.train_stage(stage)
+            self.save(stage, record)
+            self.tracker.log_metrics({"cells_per_second": record.cells_per_second,
+                                      "stage_seconds": record.seconds})
+            self.tracker.log_stage_model(stage, self.model, self.vocab.genes_through(stage))
+            self.tracker.end_stage()
+            records.append(record)
+        return records
+
+
+def load_stage_model(checkpoint: dict, device: torch.device | str = "cpu") -> GeneTransformer:
+    """Rebuild the model saved in a checkpoint payload (see :func:`gil.train.checkpoint.load_checkpoint`)."""
+    model = GeneTransformer.from_sizes(int(checkpoint["n_tokens"]), checkpoint["model_sizes"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def train_strategy(
+    config: Config,
+    strategy_name: str,
+    data: ProcessedData,
+    split: Split,
+    checkpoints: Path,
+    seeds: list[int] | None = None,
+    tracker: Tracker | None = None,
+    tags: dict[str, str] | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[int, list[StageRecord]]:
+    """Train ``strategy_name`` for every seed into ``checkpoints/seed_<seed>/stage_<k>.pt``.
+
+    Each seed is one tracked parent run: opened fresh, or reopened when resuming from checkpoints;
+    an exception marks it FAILED before it propagates.
+    """
+    from gil.config import run_params
+
+    tracker = tracker or NullTracker()
+    results = {}
+    for seed in seeds if seeds is not None else config.train.seeds:
+        trainer = StageTrainer(config, strategy_name, seed, data, split, checkpoints / f"seed_{seed}",
+                               tracker=tracker, progress=progress)
+        done = completed_stages(trainer.run_dir)
+        resuming = bool(done) and not fresh
+        if resuming:  # refuse a stale or corrupt checkpoint before any run is opened
+            load_checkpoint(stage_path(trainer.run_dir, done[-1]), trainer.fingerprint)
+        tracker.begin_run(strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming)
+        try:
+            results[seed] = trainer.run(fresh=fresh)
+        except BaseException:
+            tracker.end_run("FAILED")
+            raise
+        tracker.end_run("FINISHED")
+    return results

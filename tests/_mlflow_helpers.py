@@ -1,0 +1,74 @@
+"""Shared pieces of the MLflow tests: a real tracking server, a clean MLflow state, recorded runs.
+
+No mocks: the tests run against a real ``mlflow server`` (HTTP, proxied artifacts) and a real
+SQLite store, because MLflow's behaviour (filters on missing tags, artifact locations, model
+registration) is exactly what could break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from gil.tracking.mlflow_tracker import MlflowTracker
+from gil.tracking.server import start_local_server, stop_server
+
+STAGES = 2
+
+
+@contextlib.contextmanager
+def running_server(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free 127.0.0.1 port over a SQLite store in ``root``."""
+    process, url = start_local_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+    try:
+        yield url
+    finally:
+        stop_server(process)
+
+
+@contextlib.contextmanager
+def isolated_mlflow() -> Iterator[None]:
+    """No ``MLFLOW_TRACKING_URI`` inside, and no MLflow global state left behind afterwards.
+
+    ``mlflow.set_tracking_uri`` (called by the tracker) also exports ``MLFLOW_TRACKING_URI``; the
+    ``setenv`` first makes monkeypatch restore the variable's original state on exit.
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        try:
+            yield
+        finally:
+            while mlflow.active_run() is not None:  # only after a failed test
+                mlflow.end_run("FAILED")
+            mlflow.set_tracking_uri(None)
+
+
+def record_run(
+    tracker: MlflowTracker,
+    strategy: str,
+    seed: int,
+    summary: dict[str, float],
+    params: dict[str, object] | None = None,
+) -> str:
+    """Record a complete (strategy, seed) run as training and evaluation would; return its id."""
+    tracker.begin_run(strategy, seed, params or {"lr": 0.001}, {"git_commit": "abc123"}, resume=False)
+    for stage in range(STAGES):
+        tracker.begin_stage(stage)
+        tracker.log_metrics({"loss": 1.0 / (stage + 1)}, step=0)
+        tracker.end_stage()
+    tracker.log_summary(summary, [])
+    run_id = tracker.parent_run_id
+    tracker.end_run()
+    return run_id
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    """A small module whose outputs identify its weights."""
+    torch.manual_seed(seed)
+    return torch.nn.Linear(4, 3)

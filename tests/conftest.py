@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny synthetic dataset, params for it, its processed data and split, and a CLI runner.
+
+Why: every test module needs small, fast, known data; building it once per session keeps the suite fast.
+Fixtures that return paths to shared files are read-only by convention: copy before modifying.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+SYNTHETIC = {"n_cells": 300, "n_genes": 60, "n_types": 4, "seed": 0, "n_groups": 2, "n_markers": 5}
+
+
+def _tiny_params(h5ad: Path) -> dict:
+    """Params for the synthetic data: small QC thresholds, random gene split, one task per group."""
+    return {
+        "dataset": {"name": "synthetic", "path": str(h5ad), "label_columns": ["cell_type", "group"]},
+        "prepare": {"min_genes_per_cell": 5, "min_cells_per_gene": 3, "chunk_size": 64},
+        "split": {
+            "seed": 0,
+            "eval_fraction": 0.3,
+            "base_fraction": 0.5,
+            "genes": {"method": "random", "n_stages": 2, "stage_fraction": 0.1, "top_n": 10},
+            "tasks": [
+                {"name": "group0", "label": "cell_type", "column": "group", "values": ["group0"]},
+                {"name": "group1", "label": "cell_type", "column": "group", "values": ["group1"]},
+            ],
+        },
+        "model": {"preset": "tiny"},
+        "train": {"seeds": [0], "epochs_per_stage": 1, "batch_size": 16, "warmup_steps": 0},
+        "strategies": {},
+        "benchmark": [],
+        "tracking": {"enabled": False},
+    }
+
+
+@pytest.fixture(scope="session")
+def synthetic_h5ad(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 300-cell x 60-gene synthetic count file (4 types in 2 groups, 5 markers per type). Read-only."""
+    from gil.data.synthetic import write_synthetic_h5ad
+
+    return write_synthetic_h5ad(tmp_path_factory.mktemp("synthetic") / "synthetic.h5ad", **SYNTHETIC)
+
+
+@pytest.fixture
+def tiny_params(synthetic_h5ad: Path) -> dict:
+    """A fresh params dict for :func:`gil.config.config_from_dict`, pointing at ``synthetic_h5ad``."""
+    return _tiny_params(synthetic_h5ad)
+
+
+@pytest.fixture(scope="session")
+def tiny_processed(synthetic_h5ad: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``gil prepare`` output of the synthetic data under the tiny params. Read-only."""
+    from gil.config import config_from_dict
+    from gil.data.prepare import run_prepare
+
+    out = tmp_path_factory.mktemp("tiny") / "processed"
+    run_prepare(config_from_dict(_tiny_params(synthetic_h5ad)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_split(synthetic_h5ad: Path, tiny_processed: Path) -> Path:
+    """``gil split`` output (random genes, 2 stages, 2 tasks) of ``tiny_processed``. Read-only."""
+    from gil.config import config_from_dict
+    from gil.data.split import run_split
+
+    out = tiny_processed.parent / "split"
+    run_split(config_from_dict(_tiny_params(synthetic_h5ad)), tiny_processed, out)
+    return out
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``gil ARGS...`` in-process through :func:`gil.cli.main` (the console entry point).
+
+    In-process because a fresh interpreter costs seconds of imports per call; tests that need the
+    real process boundary use ``subprocess`` with ``[sys.executable, "-m", "gil.cli", ...]``.
+    """
+    from gil.cli import main
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["gil", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def write_params(tmp_path: Path) -> Callable[[dict], Path]:
+    """Write a params dict as YAML under ``tmp_path`` and return its path."""
+    import yaml
+
+    def write(params: dict, name: str = "params.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        return path
+
+    return write

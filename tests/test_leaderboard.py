@@ -1,0 +1,123 @@
+"""The leaderboard over real MLflow runs, through a tracking server and on a SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _mlflow_helpers import isolated_mlflow, record_run, running_server
+
+from gil.config import TrackingConfig
+from gil.errors import GilError
+from gil.tracking.leaderboard import fetch_leaderboard, run_leaderboard
+from gil.tracking.mlflow_tracker import MlflowTracker
+
+# Per strategy and seed: (forgetting, final_mse). "replay" forgets less on both seeds.
+SUMMARIES = {
+    ("naive", 0): (0.50, 1.0),
+    ("naive", 1): (0.70, 1.2),
+    ("replay", 0): (0.10, 1.4),
+    ("replay", 1): (0.20, 1.6),
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_mlflow() -> Iterator[None]:
+    with isolated_mlflow():
+        yield
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (creating its tables takes about a second); tests use their
+    own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("http", marks=pytest.mark.slow)])
+def benchmark(request: pytest.FixtureRequest) -> TrackingConfig:
+    """An experiment holding the runs of :data:`SUMMARIES`, plus runs that must not count."""
+    uri = request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "server_url")
+    config = TrackingConfig(uri=uri, experiment=f"bench-{request.param}")
+    with isolated_mlflow():
+        tracker = MlflowTracker(uri, config.experiment)
+        record_run(tracker, "naive", 0, {"forgetting": 0.0, "final_mse": 0.0})  # superseded below
+        for (strategy, seed), (forgetting, final_mse) in SUMMARIES.items():
+            record_run(tracker, strategy, seed, {"forgetting": forgetting, "final_mse": final_mse})
+        with pytest.raises(RuntimeError), tracker:  # a failed run, excluded
+            tracker.begin_run("ewc", 0, {}, {}, resume=False)
+            tracker.log_summary({"forgetting": 0.0}, [])
+            raise RuntimeError
+    return config
+
+
+def test_better_strategy_ranks_first_with_mean_and_std(benchmark: TrackingConfig) -> None:
+    table = fetch_leaderboard(benchmark.uri, benchmark.experiment)
+    assert list(table["strategy"]) == ["replay", "naive"]
+    assert list(table["rank"]) == [1, 2]
+    assert list(table["n_seeds"]) == [2, 2]
+    replay = table.iloc[0]
+    assert replay["forgetting_mean"] == pytest.approx(0.15)
+    assert replay["forgetting_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.1, 0.2
+    assert replay["final_mse_mean"] == pytest.approx(1.5)
+    assert list(table.columns[3:7]) == [
+        "forgetting_mean",
+        "forgetting_std",
+        "final_mse_mean",
+        "final_mse_std",
+    ]
+    descending = fetch_leaderboard(benchmark.uri, benchmark.experiment, metric="final_mse", descending=True)
+    assert list(descending["strategy"]) == ["replay", "naive"]
+    by_mse = fetch_leaderboard(benchmark.uri, benchmark.experiment, metric="final_mse")
+    assert list(by_mse["strategy"]) == ["naive", "replay"]
+
+
+def test_run_leaderboard_writes_files_and_one_leaderboard_run(
+    benchmark: TrackingConfig, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        text = run_leaderboard(benchmark, "unused", "forgetting", tmp_path)
+    assert text.splitlines()[0].split() == ["rank", "strategy", "seeds", "forgetting", "final_mse"]
+    assert text.splitlines()[1].split()[:5] == ["1", "replay", "2", "0.15", "±"]
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "| 1    | replay   | 2     | 0.15 ± 0.071" in markdown
+    csv = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert list(csv["strategy"]) == ["replay", "naive"]
+    tracker = MlflowTracker(benchmark.uri, benchmark.experiment)
+    (board,) = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'leaderboard'")
+    assert board.info.run_name == "leaderboard"
+    assert board.info.status == "FINISHED"
+    artifacts = {item.path for item in tracker.client.list_artifacts(board.info.run_id)}
+    assert artifacts == {"leaderboard.md", "leaderboard.csv"}
+
+
+def test_ties_are_broken_by_final_mse(sqlite_uri: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, "ties")
+    record_run(tracker, "a", 0, {"forgetting": 0.1, "final_mse": 2.0})
+    record_run(tracker, "b", 0, {"forgetting": 0.1, "final_mse": 1.0})
+    table = fetch_leaderboard(sqlite_uri, "ties")
+    assert list(table["strategy"]) == ["b", "a"]
+    assert table["forgetting_std"].isna().all()  # one seed: no spread to report
+
+
+def test_clear_errors(sqlite_uri: str) -> None:
+    with pytest.raises(GilError, match="experiment 'missing' not found"):
+        fetch_leaderboard(sqlite_uri, "missing")
+    tracker = MlflowTracker(sqlite_uri, "unfinished")
+    tracker.begin_run("naive", 0, {}, {}, resume=False)
+    tracker.end_run("FAILED")
+    with pytest.raises(GilError, match="no finished"):
+        fetch_leaderboard(sqlite_uri, "unfinished")
+    record_run(tracker, "naive", 1, {"final_mse": 1.0})
+    with pytest.raises(
+        GilError, match="no run of 'unfinished' has metric 'forgetting'; available: final_mse"
+    ):
+        fetch_leaderboard(sqlite_uri, "unfinished")

@@ -1,0 +1,222 @@
+"""Report: PNG figures, the Markdown table and error handling on malformed metrics files."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+
+from gil.errors import GilError
+from gil.files import write_json
+from gil.report import (
+    benchmark_table,
+    load_metrics,
+    plot_forgetting_curves,
+    plot_probe_accuracy,
+    plot_results_matrix,
+    run_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(strategy: str, kind: str, delta_mean: float, t1_final: float = 0.56) -> dict[str, Any]:
+    """A metrics file in the evaluate step's format, two incremental stages, three seeds."""
+    matrix = [[0.5, None, None], [0.52, 0.41, None], [0.55, t1_final, 0.40]]
+    regression: dict[str, Any] = {
+        "matrix": matrix,
+        "matrix_std": [[0.01, None, None], [0.02, 0.01, None], [0.02, 0.03, 0.01]],
+        "delta": delta_mean,
+        "delta_mean": delta_mean,
+        "delta_std": 0.01,
+        "intransigence": None,
+        "intransigence_mean": None,
+        "intransigence_std": None,
+    }
+    for name, value in {"bwt": -0.1, "forgetting": 0.1, "final_mse": 0.5, "plasticity": 0.405}.items():
+        regression |= {name: value, f"{name}_mean": value, f"{name}_std": 0.002}
+    task = {
+        "accuracy": [0.80, 0.90, 0.87],
+        "accuracy_std": [0.01, 0.01, 0.02],
+        "learned_at": 1,
+        "delta": -0.03,
+        "delta_mean": -0.03,
+        "delta_std": 0.005,
+    }
+    return {
+        "strategy": strategy,
+        "kind": kind,
+        "gene_sets": ["B", "T1", "T2"],
+        "headline": f"{strategy}: Δ {delta_mean:.3f}",
+        "evaluation": "masked-value MSE on held-out cells",
+        "regression": regression,
+        "probe": {"tasks": {"neurons": task}, "delta": -0.03, "delta_mean": -0.03, "delta_std": 0.005},
+        "per_seed": {str(seed): {"regression": {"matrix": matrix}} for seed in range(3)},
+    }
+
+
+@pytest.fixture
+def metrics_by_strategy() -> dict[str, dict[str, Any]]:
+    # Listed out of report order on purpose.
+    strategies = [
+        _metrics("joint", "joint", 0.01),
+        _metrics("ewc", "ewc", 0.2),
+        _metrics("replay", "replay", 0.03),
+        _metrics("finetune", "finetune", 0.1234, t1_final=0.6),
+        _metrics("distill", "distill", 0.1),
+    ]
+    return {metrics["strategy"]: metrics for metrics in strategies}
+
+
+def _assert_png(path: Path) -> None:
+    assert path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def test_run_report_writes_markdown_and_pngs(tmp_path: Path, metrics_by_strategy) -> None:
+    paths = []
+    for name, metrics in metrics_by_strategy.items():
+        paths.append(tmp_path / "metrics" / f"{name}.json")
+        write_json(paths[-1], metrics)
+    out_md = tmp_path / "reports" / "benchmark.md"
+    plots_dir = tmp_path / "reports" / "plots"
+
+    run_report(paths, out_md, plots_dir)
+
+    expected = [f"R_{name}.png" for name in metrics_by_strategy] + [
+        "forgetting_curves.png",
+        "probe_accuracy.png",
+    ]
+    assert sorted(p.name for p in plots_dir.iterdir()) == sorted(expected)  # no temporary files left
+    for name in expected:
+        _assert_png(plots_dir / name)
+    report = out_md.read_text()
+    assert report.startswith("# Gene-incremental learning benchmark")
+    assert "- Seeds: 3 per strategy" in report
+    assert "| finetune | 0.123 ± 0.010 |" in report
+    assert "mean ± std over seeds" in report
+    for name in expected:
+        assert f"(plots/{name})" in report  # links relative to the report
+
+
+def test_heatmap_with_nan_cells_and_without_std(tmp_path: Path) -> None:
+    metrics = _metrics("finetune", "finetune", 0.1)
+    metrics["regression"]["matrix"] = [[0.5, float("nan"), None], [0.52, 0.41, None], [0.55, 0.56, 0.40]]
+    del metrics["regression"]["matrix_std"]
+    path = tmp_path / "R.png"
+    plot_results_matrix(metrics, path)
+    _assert_png(path)
+
+
+def test_pngs_are_deterministic(tmp_path: Path) -> None:
+    metrics = _metrics("finetune", "finetune", 0.1)
+    plot_results_matrix(metrics, tmp_path / "a.png")
+    plot_results_matrix(metrics, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_curves_with_three_incremental_stages_and_no_probe(tmp_path: Path) -> None:
+    metrics = _metrics("finetune", "finetune", 0.1)
+    metrics["gene_sets"] = ["B", "T1", "T2", "T3"]
+    metrics["regression"]["matrix"] = [
+        [0.6, None, None, None],
+        [0.62, 0.5, None, None],
+        [0.58, 0.45, 0.42, None],
+        [0.66, 0.57, 0.40, 0.30],
+    ]
+    metrics["regression"]["matrix_std"] = None
+    metrics["probe"] = None
+    plot_forgetting_curves({"finetune": metrics}, tmp_path / "curves.png")
+    plot_probe_accuracy({"finetune": metrics}, tmp_path / "probe.png")
+    _assert_png(tmp_path / "curves.png")
+    _assert_png(tmp_path / "probe.png")
+    assert "| T1: after stage 1 → after stage 3 |" in benchmark_table({"finetune": metrics})
+
+
+def test_table_numbers_and_row_order(metrics_by_strategy) -> None:
+    table = benchmark_table(metrics_by_strategy)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == (
+        "| strategy | Δ (mean ± std) | forgetting | BWT | final MSE | plasticity (new-gene MSE) "
+        "| T1: after stage 1 → after stage 2 | probe Δ |"
+    )
+    # Baseline first, then methods by increasing Δ, the joint oracle last.
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == ["finetune", "replay", "distill", "ewc", "joint"]
+    assert rows[1] == (
+        "| finetune | 0.123 ± 0.010 | 0.100 ± 0.002 | -0.100 ± 0.002 | 0.500 ± 0.002 | 0.405 ± 0.002 "
+        "| 0.410 → 0.600 | -0.030 ± 0.005 |"
+    )
+    legend = table.split("\n\n", 1)[1]
+    assert "mean ± std over seeds" in legend
+    assert "- BWT = loss right after learning − final loss" in legend and "(negative = forgetting)" in legend
+
+
+def test_table_shows_missing_values_and_means_without_std(metrics_by_strategy) -> None:
+    metrics = metrics_by_strategy["replay"]
+    metrics["regression"]["delta_mean"] = None
+    metrics["regression"]["delta"] = None
+    del metrics["regression"]["bwt_std"]
+    metrics["probe"] = None
+    row = next(line for line in benchmark_table({"replay": metrics}).splitlines() if "| replay |" in line)
+    assert row.startswith("| replay | – | 0.100 ± 0.002 | -0.100 | ")
+    assert row.endswith("| – |")
+
+
+def test_input_is_not_mutated(tmp_path: Path, metrics_by_strategy) -> None:
+    before = copy.deepcopy(metrics_by_strategy)
+    benchmark_table(metrics_by_strategy)
+    plot_forgetting_curves(metrics_by_strategy, tmp_path / "curves.png")
+    assert metrics_by_strategy == before
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("regression"), "missing 'regression.matrix'"),
+        (lambda m: m["regression"].update(matrix=[[0.5, None], [0.5, 0.4]]), "is 2x2 but there are 3"),
+        (lambda m: m["regression"]["matrix"][0].__setitem__(1, 0.3), r"regression.matrix\[0\]\[1\]"),
+        (lambda m: m["regression"]["matrix"][2].__setitem__(2, None), "must be finite"),
+        (lambda m: m.update(strategy="../evil"), "'strategy' must be a name"),
+        (lambda m: m.update(gene_sets="B,T1,T2"), "'gene_sets' must list"),
+        (lambda m: m["probe"]["tasks"]["neurons"].update(accuracy=[0.8]), "one value per stage"),
+        (lambda m: m["probe"]["tasks"]["neurons"].update(learned_at=5), "learned_at"),
+        (lambda m: m.update(probe={"delta": 0.1}), "'probe' must be null or an object"),
+    ],
+)
+def test_malformed_metrics_raise_gil_error(tmp_path: Path, edit, message) -> None:
+    metrics = _metrics("finetune", "finetune", 0.1)
+    edit(metrics)
+    path = _write(tmp_path / "finetune.json", json.dumps(metrics))
+    with pytest.raises(GilError, match=message) as raised:
+        run_report([path], tmp_path / "report.md", tmp_path / "plots")
+    assert str(path) in str(raised.value)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_unreadable_missing_duplicate_and_inconsistent_files(tmp_path: Path) -> None:
+    with pytest.raises(GilError, match="no metrics files found"):
+        run_report([], tmp_path / "report.md", tmp_path / "plots")
+    with pytest.raises(GilError, match="not found"):
+        load_metrics([tmp_path / "absent.json"])
+    with pytest.raises(GilError, match="not a readable JSON"):
+        load_metrics([_write(tmp_path / "bad.json", "{not json")])
+    with pytest.raises(GilError, match="expected a JSON object"):
+        load_metrics([_write(tmp_path / "list.json", "[1, 2]")])
+    finetune = _write(tmp_path / "a.json", json.dumps(_metrics("finetune", "finetune", 0.1)))
+    with pytest.raises(GilError, match="more than one metrics file"):
+        load_metrics([finetune, _write(tmp_path / "b.json", json.dumps(_metrics("finetune", "x", 0.1)))])
+    other_split = _metrics("replay", "replay", 0.1)
+    other_split["gene_sets"] = ["B", "X1", "X2"]
+    with pytest.raises(GilError, match="different gene sets"):
+        load_metrics([finetune, _write(tmp_path / "c.json", json.dumps(other_split))])

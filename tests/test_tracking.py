@@ -1,0 +1,228 @@
+"""The MLflow tracker against a real SQLite store and a real ``mlflow server`` (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from _mlflow_helpers import STAGES, isolated_mlflow, record_run, running_server, tiny_model
+
+from gil.config import TrackingConfig
+from gil.errors import GilError
+from gil.tracking.base import NullTracker
+from gil.tracking.mlflow_tracker import MlflowTracker, config_hash, open_tracker, registered_model_name
+from gil.tracking.server import check_reachable, free_port, resolve_tracking_uri
+
+
+@pytest.fixture(autouse=True)
+def _clean_mlflow() -> Iterator[None]:
+    with isolated_mlflow():
+        yield
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (creating its tables takes about a second)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("http", marks=pytest.mark.slow)])
+def store_uri(request: pytest.FixtureRequest) -> str:
+    """Each layout test runs on a SQLite file and through a tracking server."""
+    return request.getfixturevalue("sqlite_uri" if request.param == "sqlite" else "server_url")
+
+
+@pytest.fixture
+def experiment(request: pytest.FixtureRequest) -> str:
+    """A fresh experiment per test, so tests sharing a store do not see each other's runs."""
+    return f"gil-test {request.node.name}"
+
+
+def _runs(tracker: MlflowTracker, kind: str) -> list[mlflow.entities.Run]:
+    return tracker.client.search_runs([tracker.experiment_id], f"tags.`gil.kind` = '{kind}'")
+
+
+def test_resolve_tracking_uri_prefers_config_then_env_then_local_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert (tmp_path / "mlruns").is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_tracking_uri(TrackingConfig()) == "http://127.0.0.1:5999"
+    assert resolve_tracking_uri(TrackingConfig(uri="sqlite:///rel/db.sqlite")) == (
+        f"sqlite:///{tmp_path / 'rel' / 'db.sqlite'}"
+    )
+
+
+def test_unreachable_server_fails_fast_or_disables_tracking() -> None:
+    uri = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    started = time.monotonic()
+    with pytest.raises(GilError, match="unreachable; start it with `gil ui`"):
+        check_reachable(uri)
+    with pytest.raises(GilError, match="unreachable"):
+        open_tracker(TrackingConfig(uri=uri), "bench")
+    assert time.monotonic() - started < 5
+    with pytest.warns(UserWarning, match="tracking is disabled"):
+        assert isinstance(open_tracker(TrackingConfig(uri=uri, on_unreachable="disable"), "x"), NullTracker)
+    assert isinstance(open_tracker(TrackingConfig(uri=uri, enabled=False), "x"), NullTracker)
+
+
+def test_sqlite_artifacts_go_next_to_the_database(sqlite_uri: str, experiment: str) -> None:
+    tracker = open_tracker(TrackingConfig(uri=sqlite_uri, experiment=experiment), "unused")
+    assert isinstance(tracker, MlflowTracker)
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    database_dir = Path(sqlite_uri.removeprefix("sqlite:///")).parent
+    assert location.startswith((database_dir / "artifacts").as_uri())
+
+
+def test_run_layout(store_uri: str, experiment: str, tmp_path: Path) -> None:
+    tracker = MlflowTracker(store_uri, experiment)
+    params = {f"train.p{i:03d}": i for i in range(150)} | {"long": "x" * 7000, "seeds": [0, 1]}
+    summary_file = tmp_path / "summary.json"
+    summary_file.write_text("{}")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "forgetting.png").write_bytes(b"png")
+    with tracker:
+        tracker.begin_run("replay", 0, params, {"git_commit": "abc123"}, resume=False)
+        tracker.log_dataset("zeisel", tmp_path / "cells.parquet", "0" * 40, n_cells=300, n_genes=40)
+        tracker.begin_stage(0)
+        for step in range(3):
+            tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        tracker.end_stage()
+        tracker.log_summary({"forgetting": 0.25, "final_mse": 1.5}, [summary_file, figures])
+
+    (parent,) = _runs(tracker, "parent")
+    assert parent.info.run_name == "replay · seed 0"
+    assert parent.info.status == "FINISHED"
+    assert {
+        key: parent.data.tags[key] for key in ("gil.strategy", "gil.seed", "gil.superseded", "git_commit")
+    } == {
+        "gil.strategy": "replay",
+        "gil.seed": "0",
+        "gil.superseded": "false",
+        "git_commit": "abc123",
+    }
+    assert parent.data.tags["gil.config_hash"] == config_hash(params)
+    assert len(parent.data.params) == len(params)
+    assert parent.data.params["train.p149"] == "149"
+    assert parent.data.params["seeds"] == "[0, 1]"
+    assert len(parent.data.params["long"]) == 6000
+    assert parent.data.metrics == {"forgetting": 0.25, "final_mse": 1.5}
+    artifacts = {item.path for item in tracker.client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"summary.json", "figures"}
+    assert [item.path for item in tracker.client.list_artifacts(parent.info.run_id, "figures")] == [
+        "figures/forgetting.png"
+    ]
+    (dataset_input,) = parent.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "zeisel"
+    assert dataset_input.dataset.digest == "0" * 36
+    assert json.loads(dataset_input.dataset.profile) == {"num_rows": 300, "num_genes": 40}
+
+    (stage,) = _runs(tracker, "stage")
+    assert stage.info.run_name == "replay · seed 0 · stage 0"
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert stage.data.tags["gil.stage"] == "0"
+    history = tracker.client.get_metric_history(stage.info.run_id, "loss")
+    assert [(metric.step, metric.value) for metric in history] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+
+
+def test_stage_models_are_registered_and_load_back(store_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(store_uri, experiment)
+    models = {stage: tiny_model(seed=stage) for stage in range(STAGES)}
+    vocabulary = ["Gad1", "Snap25", "Mbp"]
+    with tracker:
+        tracker.begin_run("ewc", 3, {"lr": 0.1}, {}, resume=False)
+        for stage, model in models.items():
+            tracker.begin_stage(stage)
+            tracker.log_stage_model(stage, model, vocabulary[: stage + 2])
+            tracker.end_stage()
+
+    name = registered_model_name(experiment, "ewc")
+    versions = sorted(tracker.client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    assert [(v.tags["stage"], v.tags["seed"]) for v in versions] == [("0", "3"), ("1", "3")]
+    probe = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    for stage, version in enumerate(versions):
+        loaded = mlflow.pytorch.load_model(f"models:/{name}/{version.version}")
+        torch.testing.assert_close(loaded(probe), models[stage](probe))
+        vocabulary_file = mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version.version}/extra_files/vocabulary.json"
+        )
+        assert json.loads(Path(vocabulary_file).read_text()) == vocabulary[: stage + 2]
+
+
+def test_models_are_only_logged_without_registration(sqlite_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment, register_models=False)
+    with tracker:
+        tracker.begin_run("naive", 0, {}, {}, resume=False)
+        tracker.log_stage_model(0, tiny_model(), ["Gad1"])  # opens the stage run itself
+    (stage,) = _runs(tracker, "stage")
+    assert stage.data.tags["gil.stage"] == "0"
+    assert [item.path for item in tracker.client.list_artifacts(stage.info.run_id)] == ["vocabulary.json"]
+    name = registered_model_name(experiment, "naive")
+    assert tracker.client.search_model_versions(f"name = '{name}'") == []
+
+
+def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    first = record_run(tracker, "replay", 0, {"forgetting": 0.3})
+    second = record_run(tracker, "replay", 0, {"forgetting": 0.2})
+    other_config = record_run(tracker, "replay", 0, {"forgetting": 0.2}, params={"lr": 0.5})
+    current = {
+        run.info.run_id
+        for run in tracker.client.search_runs([tracker.experiment_id], "tags.`gil.superseded` != 'true'")
+        if run.data.tags["gil.kind"] == "parent"
+    }
+    assert current == {second, other_config}
+    assert tracker.client.get_run(first).data.tags["gil.superseded"] == "true"
+
+    evaluation = MlflowTracker(sqlite_uri, experiment)  # as a later process would
+    evaluation.begin_run("replay", 0, {"lr": 0.001}, {"eval_commit": "def456"}, resume=True)
+    assert evaluation.parent_run_id == second
+    evaluation.begin_stage(1)
+    evaluation.log_metrics({"eval_mse": 0.7}, step=1)
+    evaluation.end_run()
+    reopened = tracker.client.get_run(second)
+    assert reopened.info.status == "FINISHED"
+    assert reopened.data.tags["eval_commit"] == "def456"
+    stages = tracker.client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{second}'")
+    assert len(stages) == STAGES
+    assert {run.data.tags["gil.stage"]: "eval_mse" in run.data.metrics for run in stages} == {
+        "0": False,
+        "1": True,
+    }
+
+
+def test_resume_without_an_earlier_run_creates_one(sqlite_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    with tracker:
+        tracker.begin_run("der", 1, {"lr": 0.001}, {}, resume=True)
+    (parent,) = _runs(tracker, "parent")
+    assert parent.info.run_name == "der · seed 1"
+
+
+@pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_exception_inside_the_tracker_marks_runs_failed(
+    sqlite_uri: str, experiment: str, error: type[BaseException], status: str
+) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    with pytest.raises(error), tracker:
+        tracker.begin_run("replay", 0, {}, {}, resume=False)
+        tracker.begin_stage(0)
+        raise error
+    assert mlflow.active_run() is None
+    runs = _runs(tracker, "parent") + _runs(tracker, "stage")
+    assert {run.data.tags["gil.kind"]: run.info.status for run in runs} == {"parent": status, "stage": status}
