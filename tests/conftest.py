@@ -120,3 +120,33 @@ def write_params(tmp_path: Path) -> Callable[[dict], Path]:
         return path
 
     return write
+
+
+TINY_STRATEGIES = {
+    "finetune": {"kind": "finetune"},
+    "joint": {"kind": "joint"},
+    "replay": {"kind": "replay", "buffer_size": 20, "mix": 0.25},
+    "distill": {"kind": "distill", "lam": 1.0},
+    "ewc": {"kind": "ewc", "lam": 10.0, "fisher_batches": 2},
+    "replay_distill": {"kind": "replay_distill", "buffer_size": 20, "mix": 0.25, "lam": 1.0},
+}
+
+
+def tiny_pipeline_params(h5ad: Path) -> dict:
+    """The tiny params with every strategy, a short benchmark and enough epochs to learn something."""
+    params = _tiny_params(h5ad)
+    params["strategies"] = dict(TINY_STRATEGIES)
+    params["benchmark"] = ["finetune", "replay"]
+    params["train"] = {"seeds": [0], "epochs_per_stage": 3, "batch_size": 16, "warmup_steps": 2, "device": "cpu"}
+    params["evaluate"] = {"seed": 3, "repeats": 1, "batch_size": 32}
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_project(synthetic_h5ad: Path, tiny_processed: Path, tiny_split: Path) -> tuple[Path, Path, Path]:
+    """(params file with every strategy, processed dir, split dir) for end-to-end tests. Read-only."""
+    import yaml
+
+    params = tiny_processed.parent / "params_pipeline.yaml"
+    params.write_text(yaml.safe_dump(tiny_pipeline_params(synthetic_h5ad), sort_keys=False))
+    return params, tiny_processed, tiny_split

@@ -112,6 +112,8 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")] = None,
     seed: Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+    base: Annotated[Path | None, typer.Option(help="Import stage 0 from this shared base run "
+                                                   "(written by `gil train-base`) instead of training it.")] = None,
 ) -> None:
     """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
     from gil.train.loop import train_strategy
@@ -121,10 +123,33 @@ def train(
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
     out = out or Path("checkpoints") / strategy
-    results = train_strategy(config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags, fresh=fresh)
+    results = train_strategy(config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags,
+                             fresh=fresh, base_dir=base)
+    _print_speeds(strategy, results)
+
+
+def _print_speeds(name: str, results: dict) -> None:  # noqa: ANN001
     for run_seed, records in results.items():
         speeds = ", ".join(f"stage {r.stage}: {r.cells_per_second:.0f} cells/s, {r.seconds:.1f} s" for r in records)
-        typer.echo(f"{strategy} seed {run_seed}: {speeds or 'already complete'}")
+        typer.echo(f"{name} seed {run_seed}: {speeds or 'already complete'}")
+
+
+@app.command("train-base")
+def train_base_command(
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = Path("data/processed"),
+    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    out: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path("checkpoints/base"),
+    seed: Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+) -> None:
+    """Train the strategy-independent base stage once per seed, to be shared by every strategy."""
+    from gil.data.layout import ProcessedData, Split
+    from gil.train.loop import train_base
+
+    config = _config(params)
+    results = train_base(config, ProcessedData.load(processed), Split.load(split_dir), out, seeds=seed, fresh=fresh)
+    _print_speeds("base", results)
 
 
 @app.command()
@@ -155,13 +180,17 @@ def evaluate(
 
 @app.command()
 def report(
-    metrics: Annotated[list[Path], typer.Argument(help="metrics/<strategy>.json files.")],
+    metrics: Annotated[list[Path] | None, typer.Argument(help="Metrics files (default: metrics/<name>.json "
+                                                              "for every name in 'benchmark').")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
     out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("reports/benchmark.md"),
     plots: Annotated[Path, typer.Option(help="Directory for the PNG figures.")] = Path("plots"),
 ) -> None:
     """Write the paper-style benchmark table and figures from the strategies' metrics files."""
     from gil.report import run_report
 
+    if not metrics:
+        metrics = [Path("metrics") / f"{name}.json" for name in _config(params).benchmark]
     run_report(metrics, out, plots)
     typer.echo(f"wrote {out} and figures in {plots}/")
 
@@ -173,11 +202,24 @@ def leaderboard(
     tiebreak: Annotated[str, typer.Option(help="Second ranking metric.")] = "final_mse",
     descending: Annotated[bool, typer.Option(help="Higher is better (accuracy-like metrics).")] = False,
     out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and .csv.")] = Path("reports"),
+    skip_if_disabled: Annotated[bool, typer.Option(help="With tracking.enabled false, write a placeholder "
+                                                        "instead of failing (for the DVC pipeline).")] = False,
 ) -> None:
     """Rank strategies from the tracking server (mean ± std over seeds) and print the table."""
+    config = _config(params)
+    if not config.tracking.enabled:
+        if not skip_if_disabled:
+            raise GilError("tracking is disabled (tracking.enabled: false) and the leaderboard is read from "
+                           "MLflow; enable tracking, or read reports/benchmark.md")
+        from gil.files import write_text
+
+        note = "Tracking is disabled (tracking.enabled: false): no leaderboard. See reports/benchmark.md.\n"
+        write_text(out / "leaderboard.md", note)
+        write_text(out / "leaderboard.csv", "")
+        typer.echo(note.strip())
+        return
     from gil.tracking.leaderboard import run_leaderboard
 
-    config = _config(params)
     typer.echo(run_leaderboard(config.tracking, f"gil-{config.dataset.name}", metric, out, tiebreak, descending))
 
 

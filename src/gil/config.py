@@ -204,21 +204,21 @@ class Config(Section):
     def _benchmark_names_exist(self) -> Config:
         unknown = [name for name in self.benchmark if name not in self.strategies]
         if unknown:
-            raise ValueError(f"names {unknown} are not entries of 'strategies'")
+            raise ValueError(f"benchmark: {unknown} are not entries of 'strategies'; add them there or remove them")
         return self
 
 
 def _format_validation_error(error: ValidationError, source: Path) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key; check its spelling against the documented params"
     elif first["type"] == "missing":
         message = "required key is missing; add it"
     got = first.get("input")
     shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-    return f"{source}: {key}: {message}{shown}"
+    return f"{source}: {key}: {message}{shown}" if key else f"{source}: {message}"
 
 
 def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS) -> Config:

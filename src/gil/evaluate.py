@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,12 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     regression: dict[str, Any] = {}
     for key in ("matrix", "matrix_per_gene", "pearson"):
         stack = np.stack([np.asarray(s["regression"][key], dtype=float) for s in seeds])
-        regression[key] = np.nanmean(stack, axis=0) if len(seeds) else stack
-        if key == "matrix":
-            regression["matrix_std"] = np.nanstd(stack, axis=0, ddof=1) if len(seeds) > 1 else np.where(
-                np.isnan(stack[0]), np.nan, 0.0)
+        with warnings.catch_warnings():  # cells not yet learned are NaN in every seed: NaN is right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            regression[key] = np.nanmean(stack, axis=0)
+            if key == "matrix":
+                regression["matrix_std"] = (np.nanstd(stack, axis=0, ddof=1) if len(seeds) > 1
+                                            else np.where(np.isnan(stack[0]), np.nan, 0.0))
     for name in ("delta", "base_delta", "bwt", "forgetting", "final_mse", "plasticity", "intransigence"):
         mean, std = mean_std([s["regression"][name] for s in seeds])
         regression |= {name: mean, f"{name}_mean": mean, f"{name}_std": std}

@@ -209,8 +209,8 @@ class MlflowTracker:
     def log_stage_model(self, stage: int, model: torch.nn.Module, vocabulary: list[str]) -> None:
         """Log the model of ``stage`` on its stage run, with ``vocabulary.json``, and register it.
 
-        Pickle serialisation with explicit requirements is what keeps this fast (about 0.05 s,
-        instead of seconds for torch.export and requirement inference). Loading needs the
+        Pickle serialisation with explicit requirements is what keeps this fast (torch.export
+        needs an input example, and requirement inference takes seconds). Loading needs the
         model's class importable (``gil`` installed). The vocabulary travels inside the model
         (``extra_files``) and is also an artifact of the stage run.
         """

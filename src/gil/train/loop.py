@@ -14,6 +14,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,14 +67,17 @@ def build_model(config: Config, vocab: Vocabulary, seed: int) -> GeneTransformer
         return GeneTransformer.from_sizes(n_tokens, config.model.resolved())
 
 
-def run_fingerprint(config: Config, strategy_name: str, seed: int, vocab: Vocabulary, split: Split) -> str:
-    """What a checkpoint of this run depends on: model, training, strategy, seed and the split."""
+def run_fingerprint(config: Config, strategy_name: str | None, seed: int, vocab: Vocabulary, split: Split) -> str:
+    """What a checkpoint of this run depends on: model, training, strategy, seed and the split.
+
+    ``strategy_name`` None is the shared base run (see :func:`train_base`).
+    """
     train = config.train.model_dump(exclude={"seeds", "device", "threads"})
     return fingerprint(
         {
             "model": config.model.model_dump(),
             "train": train,
-            "strategy": config.strategies[strategy_name].model_dump(),
+            "strategy": config.strategies[strategy_name].model_dump() if strategy_name else None,
             "seed": seed,
             "genes": vocab.genes,
             "set_sizes": vocab.set_sizes,
@@ -94,19 +98,26 @@ class StageRecord:
 
 @dataclass
 class StageTrainer:
-    """Trains one (strategy, seed) through all stages, checkpointing after each."""
+    """Trains one (strategy, seed) through all stages, checkpointing after each.
+
+    ``strategy_name`` None trains only the base stage, with no strategy: the base stage is the
+    same for every strategy (no strategy acts before stage 1), so the pipeline trains it once per
+    seed and every strategy run imports it from ``base_dir``. Besides saving time, this makes the
+    comparison between strategies paired: they all start stage 1 from the same model.
+    """
 
     config: Config
-    strategy_name: str
+    strategy_name: str | None
     seed: int
     data: ProcessedData
     split: Split
     run_dir: Path
     tracker: Tracker = field(default_factory=NullTracker)
     progress: bool = True
+    base_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.strategy_name not in self.config.strategies:
+        if self.strategy_name is not None and self.strategy_name not in self.config.strategies:
             raise GilError(
                 f"unknown strategy {self.strategy_name!r}; choose one of {sorted(self.config.strategies)} "
                 "(the entries of 'strategies' in params.yaml)"
@@ -116,7 +127,11 @@ class StageTrainer:
         sizes = self.config.model.resolved()
         self.builder = BatchBuilder(self.data, self.vocab, self.split.cell_stages, sizes["max_seq"])
         self.fingerprint = run_fingerprint(self.config, self.strategy_name, self.seed, self.vocab, self.split)
-        self.strategy: Strategy = build_strategy(self.config.strategies[self.strategy_name])
+        self.strategy: Strategy = (
+            build_strategy(self.config.strategies[self.strategy_name])
+            if self.strategy_name is not None
+            else Strategy(Strategy.Params())
+        )
         self.model = build_model(self.config, self.vocab, self.seed).to(self.device)
 
     # -- one stage -------------------------------------------------------------------------
@@ -162,8 +177,9 @@ class StageTrainer:
             self.model.train()
             batches = self.strategy.epoch_batches(ctx, rng)
             sums: dict[str, float] = {}
-            bar = tqdm(batches, desc=f"{self.strategy_name} seed {self.seed} stage {stage} epoch {epoch + 1}",
-                       disable=not self.progress, leave=False, unit="batch")
+            n_steps = 0
+            bar = tqdm(batches, desc=f"{self.strategy_name or 'base'} seed {self.seed} stage {stage} epoch {epoch + 1}",
+                       disable=None if self.progress else True, leave=False, unit="batch", mininterval=1.0)
             for rows in bar:
                 batch = self.builder.training_batch(rows, rng, train.mask_fraction)
                 if self.device.type == "cuda":
@@ -181,14 +197,33 @@ class StageTrainer:
                 n_cells += batch.n_cells
                 for name, value in {"loss": loss, "task_loss": task, **terms}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
-                bar.set_postfix(loss=f"{sums['loss'] / (bar.n + 1):.4f}")
+                n_steps += 1
+                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}", refresh=False)
             epoch_means = {name: total / max(len(batches), 1) for name, total in sums.items()}
             record.epochs.append(epoch_means)
             self.tracker.log_metrics(epoch_means, step=epoch)
-        self.strategy.after_stage(ctx)
         record.seconds = time.perf_counter() - started
         record.cells_per_second = n_cells / max(record.seconds, 1e-9)
+        self._finish_stage(ctx)
         return record
+
+    def _finish_stage(self, ctx: StageContext) -> None:
+        """The strategy's end-of-stage work, under an RNG seeded from (seed, stage) alone."""
+        torch.manual_seed(derive_seed(self.seed, ctx.stage, 3))
+        self.strategy.after_stage(ctx)
+
+    def import_base(self) -> StageRecord:
+        """Take stage 0 from the shared base run instead of training it (same result, less work)."""
+        assert self.base_dir is not None
+        expected = run_fingerprint(self.config, None, self.seed, self.vocab, self.split)
+        payload = load_checkpoint(stage_path(self.base_dir / f"seed_{self.seed}", 0), expected)
+        self.model.load_state_dict(payload["model"])
+        ctx = self._context(0)
+        self.strategy.before_stage(ctx)
+        for epoch, epoch_means in enumerate(payload["epochs"]):
+            self.tracker.log_metrics(epoch_means, step=epoch)
+        self._finish_stage(ctx)
+        return StageRecord(0, list(payload["epochs"]), float(payload["cells_per_second"]), float(payload["seconds"]))
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -223,26 +258,35 @@ class StageTrainer:
 
     # -- the whole run ---------------------------------------------------------------------
 
-    def run(self, fresh: bool = False) -> list[StageRecord]:
-        """Train every stage not yet checkpointed; resume after the last complete checkpoint."""
+    def run(
+        self, fresh: bool = False, on_stage_end: Callable[[int, GeneTransformer], None] | None = None
+    ) -> list[StageRecord]:
+        """Train every stage not yet checkpointed; resume after the last complete checkpoint.
+
+        ``on_stage_end(stage, model)`` is called after each stage's checkpoint is written (a sweep
+        reports intermediate results to its scheduler there).
+        """
         if fresh:
             for stage in completed_stages(self.run_dir):
                 stage_path(self.run_dir, stage).unlink()
         done = completed_stages(self.run_dir)
-        n_stages = self.split.n_stages
+        last = 0 if self.strategy_name is None else self.split.n_stages
         start = done[-1] + 1 if done else 0
         if done:
             self.restore(done[-1])
         records = []
-        for stage in range(start, n_stages + 1):
+        for stage in range(start, last + 1):
             self.tracker.begin_stage(stage)
-            record = self.train_stage(stage)
+            imported = stage == 0 and self.base_dir is not None
+            record = self.import_base() if imported else self.train_stage(stage)
             self.save(stage, record)
             self.tracker.log_metrics({"cells_per_second": record.cells_per_second,
                                       "stage_seconds": record.seconds})
             self.tracker.log_stage_model(stage, self.model, self.vocab.genes_through(stage))
             self.tracker.end_stage()
             records.append(record)
+            if on_stage_end is not None:
+                on_stage_end(stage, self.model)
         return records
 
 
@@ -264,6 +308,7 @@ def train_strategy(
     tags: dict[str, str] | None = None,
     fresh: bool = False,
     progress: bool = True,
+    base_dir: Path | None = None,
 ) -> dict[int, list[StageRecord]]:
     """Train ``strategy_name`` for every seed into ``checkpoints/seed_<seed>/stage_<k>.pt``.
 
@@ -276,7 +321,7 @@ def train_strategy(
     results = {}
     for seed in seeds if seeds is not None else config.train.seeds:
         trainer = StageTrainer(config, strategy_name, seed, data, split, checkpoints / f"seed_{seed}",
-                               tracker=tracker, progress=progress)
+                               tracker=tracker, progress=progress, base_dir=base_dir)
         done = completed_stages(trainer.run_dir)
         resuming = bool(done) and not fresh
         if resuming:  # refuse a stale or corrupt checkpoint before any run is opened
@@ -288,4 +333,16 @@ def train_strategy(
             tracker.end_run("FAILED")
             raise
         tracker.end_run("FINISHED")
+    return results
+
+
+def train_base(
+    config: Config, data: ProcessedData, split: Split, out: Path, seeds: list[int] | None = None,
+    fresh: bool = False, progress: bool = True,
+) -> dict[int, list[StageRecord]]:
+    """Train the strategy-independent base stage once per seed into ``out/seed_<seed>/stage_0.pt``."""
+    results = {}
+    for seed in seeds if seeds is not None else config.train.seeds:
+        trainer = StageTrainer(config, None, seed, data, split, out / f"seed_{seed}", progress=progress)
+        results[seed] = trainer.run(fresh=fresh)
     return results

@@ -1,0 +1,548 @@
+"""Distributed hyperparameter sweeps: Ray Tune runs trials, Optuna's TPE proposes them, ASHA stops bad ones.
+
+One trial trains the strategy through every stage with sampled hyperparameters (training seed
+``train.seeds[0]``) and scores the model right after each stage on the evaluation cells, so row ``s``
+of the results matrix is known after stage ``s``. The trial reports the objective of the partial
+matrix after every stage (``training_iteration = stage + 1``), with a Ray checkpoint holding the
+stage checkpoint and the rows so far: a crashed trial is retried from its last finished stage, and
+an interrupted sweep resumed with ``Tuner.restore`` repeats no finished stage of any trial.
+
+Decisions (why):
+
+* **Data transport: Ray's object store.** The driver loads the processed data and the split once
+  and hands them to trials with ``tune.with_parameters``: nodes of a cluster need no shared
+  filesystem for the data, a missing data directory fails before Ray starts, and trials on one
+  node share one read-only copy. Trials only need ``gil`` installed (the same environment on every
+  node). The Ray storage path (``sweep.storage_path``, default ``ray_results/`` in the project,
+  made absolute) must be shared by all nodes of a multi-node cluster (NFS), as Ray requires for
+  checkpoints.
+* **Search: ``OptunaSearch`` (seeded TPE, ``constant_liar=True``) in a ``ConcurrencyLimiter``.**
+  A trial stopped before its last stage (by ASHA or the time budget) is told to Optuna as
+  *pruned*, not complete: its partial score is not comparable with full runs (less time to forget),
+  and TPE ranks pruned trials by their intermediate values instead.
+* **Scheduler: ASHA on the stage index** with a grace period of at least 2 stages (covering the
+  first incremental stage), so a configuration is not kept for learning the base genes fast only
+  to forget them later. ``objective.kind: pareto`` (forgetting vs plasticity) is multi-objective:
+  no ASHA (it is single-objective), every trial runs to the end, the result is the Pareto set.
+* **Tracking** (see :mod:`gil.tracking.sweep_runs`): one parent run per sweep, one child per trial,
+  logged with ``MlflowClient`` from the trials. For a SQLite store with concurrent trials the sweep
+  serves the store with a local ``mlflow server`` on 127.0.0.1 (SQLite with concurrent writers
+  loses writes to "database is locked") and stops it at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from gil.config import Config, flatten
+from gil.data.layout import ProcessedData, Split
+from gil.errors import GilError
+from gil.sweep.space import (
+    Distribution,
+    Objective,
+    SweepConfig,
+    apply_params,
+    load_sweep_config,
+    optuna_space,
+    strategy_space,
+    write_params_file,
+)
+from gil.tracking.base import NullTracker
+
+FAIL_ONCE_ENV = "GIL_SWEEP_TEST_FAIL_ONCE"
+"""Tests only: a path; the first trial to finish stage 1 creates it and raises (to test retries)."""
+
+_ROWS_FILE = "rows.json"
+
+
+# --- the trial (runs in a Ray worker) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tracking:
+    """Where trials log: the tracking URI they can reach and the sweep's parent run."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
+class _TrialSetup:
+    """Everything a trial needs besides the data (sent once through Ray's object store)."""
+
+    config: Config
+    strategy: str
+    objective: Objective
+    tracking: _Tracking | None
+    threads: int
+    fail_once_marker: str | None
+
+
+class _LastEpoch(NullTracker):
+    """Keeps the trainer's latest epoch losses and stage timings (reported with each stage)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.latest.update({f"train_{name}": float(value) for name, value in metrics.items()})
+
+
+def _restore_rows(run_dir: Path) -> list[list[float]]:
+    """Resume a retried or resumed trial from its Ray checkpoint: stage checkpoint and rows so far."""
+    from gil.train.checkpoint import stage_path
+
+    checkpoint = tune.get_checkpoint()
+    run_dir.mkdir(parents=True)
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as directory:
+        rows = json.loads((Path(directory) / _ROWS_FILE).read_text())
+        stage_file = stage_path(run_dir, len(rows) - 1)
+        shutil.copy2(Path(directory) / stage_file.name, stage_file)
+    return rows
+
+
+def _fail_once(marker: str | None) -> None:
+    """Raise in the first trial that gets here (test hook; ``O_EXCL`` makes it exactly one)."""
+    if marker is None:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    raise RuntimeError(f"injected trial failure ({FAIL_ONCE_ENV}={marker})")
+
+
+def _train_and_report(params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split,
+                      scratch: Path, run: Any) -> None:
+    from gil.evaluate import Evaluator
+    from gil.metrics.regression import regression_row
+    from gil.model import GeneTransformer
+    from gil.train.checkpoint import stage_path
+    from gil.train.loop import StageTrainer
+
+    config = apply_params(setup.config, params)
+    run_dir = scratch / "run"
+    rows = _restore_rows(run_dir)
+    last_epoch = _LastEpoch()
+    trainer = StageTrainer(config, setup.strategy, config.train.seeds[0], data, split, run_dir,
+                           tracker=last_epoch, progress=False)
+    evaluator = Evaluator(config, setup.strategy, data, split, run_dir)
+
+    def report_stage(stage: int, model: GeneTransformer) -> None:
+        row = regression_row(model, evaluator.builder, evaluator.eval_rows, stage, evaluator.pass_seeds,
+                             config.evaluate.batch_size, config.train.mask_fraction, evaluator.max_seq,
+                             trainer.device)
+        rows.append(row.mse)
+        metrics = {"stage": float(stage), **setup.objective.stage_metrics(rows), **last_epoch.latest,
+                   "mse_seen": row.seen_mse}
+        metrics |= {f"mse_{name}": value for name, value in zip(split.set_names, row.mse)}
+        metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
+        if run is not None:
+            run.log_stage(stage, metrics)
+        snapshot = scratch / f"report_{stage}"
+        snapshot.mkdir()
+        shutil.copy2(stage_path(run_dir, stage), snapshot)
+        (snapshot / _ROWS_FILE).write_text(json.dumps(rows))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(snapshot))
+        shutil.rmtree(snapshot)
+        if stage == 1:
+            _fail_once(setup.fail_once_marker)
+
+    trainer.run(fresh=False, on_stage_end=report_stage)
+
+
+def _trial(params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split) -> None:
+    """One trial: train every stage with ``params`` applied, report after each stage.
+
+    The MLflow child run is closed FAILED on an exception (Ray may retry the trial, which reopens
+    it). A trial stopped by the scheduler exits through ``SystemExit`` inside ``tune.report`` or is
+    killed; the driver sets those runs' final status.
+    """
+    import torch
+
+    torch.set_num_threads(setup.threads)
+    run = None
+    if setup.tracking is not None:
+        from gil.tracking.sweep_runs import TrialRun
+
+        context = tune.get_context()
+        tracking = setup.tracking
+        run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id,
+                            context.get_trial_id(), context.get_trial_name(), params)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gil-trial-") as scratch:
+            _train_and_report(params, setup, data, split, Path(scratch), run)
+    except Exception:
+        if run is not None:
+            run.end("FAILED")
+        raise
+    if run is not None:
+        run.end("FINISHED")
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+
+class _StageAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial stopped before its last stage was pruned."""
+
+    def __init__(self, *args: Any, last_stage: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_stage = last_stage
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result is not None and result.get("stage", -1) < self._last_stage:
+            result = None  # OptunaSearch records a trial without a final value as PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _tune_config(sweep: SweepConfig, space: dict[str, Distribution], n_stages: int, num_samples: int,
+                 max_concurrent: int, time_budget_s: float | None) -> tune.TuneConfig:
+    import optuna
+
+    objective = sweep.objective
+    metrics = objective.metrics
+    searcher = _StageAwareOptunaSearch(
+        space=optuna_space(space),
+        metric=metrics[0] if len(metrics) == 1 else metrics,
+        mode="min" if len(metrics) == 1 else ["min"] * len(metrics),
+        sampler=optuna.samplers.TPESampler(seed=sweep.seed, constant_liar=True),
+        last_stage=n_stages,
+    )
+    if objective.kind == "weighted" and sweep.scheduler == "asha":
+        max_t = n_stages + 1  # training_iteration after the last stage
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="min", max_t=max_t,
+                                  grace_period=min(sweep.grace_stages, max_t),
+                                  reduction_factor=sweep.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+                           scheduler=scheduler, num_samples=num_samples, time_budget_s=time_budget_s,
+                           reuse_actors=True)  # saves a process start and the imports per trial
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ray_session(address: str) -> Iterator[None]:
+    """Start or join Ray for the sweep; an already initialised session (tests, notebooks) is reused.
+
+    ``local`` starts Ray on this machine bound to 127.0.0.1 with all its cores; ``auto`` or
+    ``HOST:PORT`` joins a running cluster (``ray start --head``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address == "local":
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+    else:
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError) as error:
+            raise GilError(f"cannot connect to the Ray cluster at {address!r}: {error}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _gpus_per_trial(requested: float | None, max_concurrent: int) -> float:
+    """GPUs per trial: as requested, else a share of the cluster's GPUs (none when it has none)."""
+    import ray
+
+    available = float(ray.cluster_resources().get("GPU", 0.0))
+    if requested is None:
+        return min(1.0, available / max_concurrent) if available else 0.0
+    if requested > 0 and not available:
+        raise GilError(f"--gpus-per-trial {requested} but the Ray cluster has no GPU; pass 0")
+    return requested
+
+
+@dataclass
+class _SweepTracking:
+    """The sweep's MLflow side, as seen by the driver."""
+
+    trials: _Tracking
+    parent: Any  # gil.tracking.sweep_runs.SweepParentRun (mlflow is imported lazily)
+
+
+@contextlib.contextmanager
+def _sweep_tracking(config: Config, strategy: str, sweep_name: str, params: dict[str, Any],
+                    max_concurrent: int) -> Iterator[_SweepTracking | None]:
+    """Open the sweep's parent run (serving a SQLite store when trials write concurrently).
+
+    An exception marks the parent FAILED (KILLED on Ctrl-C); the server is stopped in every case.
+    The caller ends the parent on success.
+    """
+    if not config.tracking.enabled:
+        yield None
+        return
+    from gil.tracking.server import (
+        check_reachable,
+        resolve_tracking_uri,
+        sqlite_artifact_root,
+        start_local_server,
+        stop_server,
+    )
+    from gil.tracking.sweep_runs import SweepParentRun, ensure_experiment
+
+    uri = resolve_tracking_uri(config.tracking)
+    try:
+        check_reachable(uri)
+    except GilError as error:
+        if config.tracking.on_unreachable == "fail":
+            raise
+        warnings.warn(f"{error}; tracking is disabled for this sweep", stacklevel=3)
+        yield None
+        return
+    experiment_id = ensure_experiment(uri, config.tracking.experiment or f"gil-{config.dataset.name}")
+    root = sqlite_artifact_root(uri)
+    server = None
+    if root is not None and max_concurrent > 1:
+        server, uri = start_local_server(uri, root)
+    try:
+        parent = SweepParentRun.open(uri, experiment_id, sweep_name, strategy, params)
+        try:
+            yield _SweepTracking(_Tracking(uri, experiment_id, parent.run_id), parent)
+        except BaseException as error:
+            parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+    finally:
+        if server is not None:
+            stop_server(server)
+
+
+def _experiment_name(storage: Path, strategy: str, resume: bool) -> str:
+    """A new ``<strategy>-<timestamp>`` name, or the latest restorable one when resuming."""
+    if not resume:
+        return f"{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidates = sorted(
+        (path for path in storage.glob(f"{strategy}-*") if tune.Tuner.can_restore(path)),
+        key=lambda path: path.name,
+    )
+    if not candidates:
+        raise GilError(f"no sweep of {strategy!r} to resume under {storage}; run without --resume")
+    return candidates[-1].name
+
+
+def _trial_records(results: tune.ResultGrid, n_stages: int, interrupted: bool,
+                   child_runs: dict[str, str]) -> list[dict[str, Any]]:
+    """One record per trial: sampled params, last reported metrics, final status."""
+    records = []
+    for result in results:
+        metrics = result.metrics or {}
+        complete = metrics.get("stage") == n_stages
+        if result.error is not None:
+            status = "FAILED"
+        else:
+            status = "FINISHED" if complete or not interrupted else "KILLED"
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        records.append({
+            "trial_id": trial_id,
+            "params": dict(result.config or {}),
+            "metrics": {k: v for k, v in metrics.items() if k.startswith(("mse_", "train_")) or k in (
+                "stage", "score", "forgetting", "final_mse", "plasticity", "delta", "bwt", "base_delta")},
+            "status": status,
+            "stopped_early": status == "FINISHED" and not complete,
+            "complete": complete,
+            "mlflow_run_id": child_runs.get(trial_id),
+        })
+    return records
+
+
+def _pareto(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """The complete trials that no other complete trial beats on every metric (all minimised)."""
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        worse_nowhere = all(a["metrics"][m] <= b["metrics"][m] for m in metrics)
+        return worse_nowhere and any(a["metrics"][m] < b["metrics"][m] for m in metrics)
+
+    return [r for r in records if not any(dominates(other, r) for other in records if other is not r)]
+
+
+def run_sweep(
+    config: Config,
+    strategy: str,
+    processed_dir: Path | str,
+    split_dir: Path | str,
+    *,
+    address: str = "local",
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    time_budget_s: float | None = None,
+    resume: bool = False,
+    storage_path: Path | str | None = None,
+    write_best_params: bool = False,
+    params_path: Path | str = Path("params.yaml"),
+    report_dir: Path | str = Path("reports/sweeps"),
+) -> dict[str, Any]:
+    """Sweep the hyperparameters of ``strategy`` (``sweep.spaces.<strategy>``); return the summary.
+
+    Options left None come from the ``sweep:`` section. The summary (also written atomically to
+    ``<report_dir>/<strategy>.json`` unless the sweep was interrupted) holds every trial, the best
+    complete trial (lowest score; with ``pareto`` the Pareto point with the lowest score) and, for
+    ``pareto``, the Pareto set. ``write_best_params`` writes the best values into ``params_path``,
+    keeping the rest of the file and its comments. ``resume`` continues the latest sweep of this
+    strategy under the storage path: finished trials are kept, unfinished and errored ones resume
+    from their last finished stage, and missing samples are drawn.
+    """
+    from gil.files import write_json
+
+    sweep = load_sweep_config(config, params_path)
+    space = strategy_space(config, sweep, strategy, params_path)
+    num_samples = num_samples or sweep.num_samples
+    max_concurrent = max_concurrent or sweep.max_concurrent
+    cpus = cpus_per_trial or sweep.cpus_per_trial
+    time_budget_s = time_budget_s or sweep.time_budget_s
+    storage = Path(storage_path or sweep.storage_path).resolve()
+    data, split = ProcessedData.load(processed_dir), Split.load(split_dir)
+    n_stages = split.n_stages
+    sweep_name = _experiment_name(storage, strategy, resume)
+    parent_params = {"strategy": strategy, "num_samples": num_samples, "max_concurrent": max_concurrent,
+                     **flatten({"objective": sweep.objective.model_dump()}),
+                     **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()}}
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    with _ray_session(address), _sweep_tracking(config, strategy, sweep_name, parent_params,
+                                                 max_concurrent) as tracking:
+        resources = {"cpu": cpus, "gpu": _gpus_per_trial(gpus_per_trial or sweep.gpus_per_trial, max_concurrent)}
+        setup = _TrialSetup(config, strategy, sweep.objective, tracking.trials if tracking else None,
+                            max(1, round(cpus)), marker)
+        trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup, data=data, split=split),
+                                        resources)
+        experiment_path = storage / sweep_name
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=_tune_config(sweep, space, n_stages, num_samples, max_concurrent, time_budget_s),
+                run_config=tune.RunConfig(
+                    name=sweep_name, storage_path=str(storage),
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+                ),
+            )
+        results = tuner.fit()
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        interrupted = unfinished > 0 or (time_budget_s is None and len(results) < num_samples)
+        child_runs = {}
+        if tracking is not None:
+            from gil.tracking.sweep_runs import TAG_TRIAL_ID
+
+            child_runs = {run.data.tags[TAG_TRIAL_ID]: run.info.run_id for run in tracking.parent.children()}
+        records = _trial_records(results, n_stages, interrupted, child_runs)
+        summary = _summary(strategy, sweep, sweep_name, experiment_path, records, interrupted, tracking)
+        if tracking is not None:
+            _finish_tracking(tracking, records, summary, Path(report_dir) / f"{strategy}.json")
+        elif not interrupted:
+            write_json(Path(report_dir) / f"{strategy}.json", summary)
+    if write_best_params and summary["best"] is not None and not interrupted:
+        write_params_file(Path(params_path), summary["best"]["params"])
+    return summary
+
+
+def _summary(strategy: str, sweep: SweepConfig, sweep_name: str, experiment_path: Path,
+             records: list[dict[str, Any]], interrupted: bool, tracking: _SweepTracking | None) -> dict[str, Any]:
+    complete = [r for r in records if r["complete"] and r["status"] == "FINISHED"]
+    objective = sweep.objective
+    pareto = _pareto(complete, objective.metrics) if objective.kind == "pareto" else None
+    candidates = pareto if pareto is not None else complete
+    best = min(candidates, key=lambda r: r["metrics"]["score"]) if candidates else None
+    return {
+        "strategy": strategy,
+        "sweep_name": sweep_name,
+        "experiment_path": str(experiment_path),
+        "objective": objective.model_dump(),
+        "interrupted": interrupted,
+        "n_trials": len(records),
+        "n_complete": len(complete),
+        "n_stopped_early": sum(r["stopped_early"] for r in records),
+        "n_failed": sum(r["status"] == "FAILED" for r in records),
+        "best": best,
+        "pareto": pareto,
+        "trials": sorted(records, key=lambda r: r["trial_id"]),
+        "mlflow_parent_run_id": tracking.parent.run_id if tracking else None,
+    }
+
+
+def _finish_tracking(tracking: _SweepTracking, records: list[dict[str, Any]], summary: dict[str, Any],
+                     report: Path) -> None:
+    """Final child statuses, the best trial on the parent, the report file; close the parent."""
+    from gil.files import write_json
+    from gil.tracking.sweep_runs import TrialOutcome
+
+    parent = tracking.parent
+    parent.reconcile([TrialOutcome(r["trial_id"], r["status"], r["stopped_early"]) for r in records])
+    if summary["interrupted"]:
+        parent.end("KILLED")
+        return
+    write_json(report, summary)
+    best = summary["best"]
+    if best is not None:
+        parent.log_best(best["trial_id"], best["params"], best["metrics"], report)
+    parent.end("FINISHED")
+
+
+def sweep_command(
+    config: Config,
+    strategy: str,
+    params_path: Path,
+    address: str,
+    num_samples: int | None,
+    max_concurrent: int | None,
+    cpus_per_trial: float | None,
+    gpus_per_trial: float | None,
+    time_budget_s: float | None,
+    resume: bool,
+    write_best: bool,
+    processed_dir: Path = Path("data/processed"),
+    split_dir: Path = Path("data/split"),
+) -> str:
+    """Run ``gil sweep`` and return the text to print: the best trial, or how to resume."""
+    summary = run_sweep(config, strategy, processed_dir, split_dir, address=address, num_samples=num_samples,
+                        max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
+                        gpus_per_trial=gpus_per_trial, time_budget_s=time_budget_s, resume=resume,
+                        write_best_params=write_best, params_path=params_path)
+    counts = (f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
+              f"{summary['n_stopped_early']} stopped early, {summary['n_failed']} failed")
+    if summary["interrupted"]:
+        return f"sweep {summary['sweep_name']} interrupted ({counts}); continue it with --resume"
+    best = summary["best"]
+    if best is None:
+        return f"sweep {summary['sweep_name']}: no trial completed every stage ({counts})"
+    values = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                       for key, value in best["params"].items())
+    metrics = best["metrics"]
+    lines = [f"sweep {summary['sweep_name']} ({counts})",
+             f"best {best['trial_id']}: {values}",
+             f"  score {metrics['score']:.4f}, forgetting {metrics['forgetting']:.4f}, "
+             f"final MSE {metrics['final_mse']:.4f}, plasticity {metrics['plasticity']:.4f}",
+             f"report: reports/sweeps/{strategy}.json"]
+    if summary["pareto"] is not None:
+        lines.append(f"Pareto set (forgetting vs plasticity): {len(summary['pareto'])} trials")
+    if write_best:
+        lines.append(f"wrote the best values into {params_path}")
+    return "\n".join(lines)

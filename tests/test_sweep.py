@@ -1,0 +1,314 @@
+"""Sweeps: the ``sweep:`` schema, the partial-matrix objective, and real Ray sweeps on tiny data.
+
+No mocks: the slow tests run a real local Ray (``ray.init(num_cpus=2)``, never ``ray stop``), a
+real SQLite tracking store served by the ``mlflow server`` that the sweep starts itself, and a
+real ``ray start --head`` cluster stopped by the PID of its process group.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+from gil.config import Config, config_from_dict  # noqa: E402
+from gil.errors import GilError  # noqa: E402
+from gil.sweep.space import (  # noqa: E402
+    Objective,
+    apply_params,
+    load_sweep_config,
+    strategy_space,
+    write_params_file,
+)
+
+SPACE = {"train.lr": {"loguniform": [1e-4, 3e-3]}, "strategies.replay.mix": {"uniform": [0.1, 0.5]}}
+N_STAGES = 2  # the tiny split: base stage + 2 incremental stages
+
+
+def _config(tiny_params: dict, tmp_path: Path, tracking: bool = True, **sweep: object) -> Config:
+    params = dict(tiny_params)
+    params["strategies"] = {"replay": {"kind": "replay", "buffer_size": 20, "mix": 0.25}}
+    params["evaluate"] = {"seed": 7, "repeats": 1, "batch_size": 64}
+    params["tracking"] = (
+        {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "experiment": "sweep-test",
+         "register_models": False}
+        if tracking else {"enabled": False}
+    )
+    params["sweep"] = {"seed": 0, "num_samples": 4, "max_concurrent": 2, "max_failures": 2,
+                       "spaces": {"replay": SPACE}, **sweep}
+    return config_from_dict(params)
+
+
+# --- schema and objective (fast) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"'train.lrr'.*no such config key 'train.lrr'"),
+        ({"train.lr": {"loguniform": [0.0, 0.1]}}, r"'train.lr'.*needs low > 0"),
+        ({"train.lr": {"uniform": [0.2, 0.1]}}, r"'train.lr'.*needs finite low < high"),
+        ({"train.lr": {"normal": [0.1, 0.2]}}, r"'train.lr'.*expected one of"),
+        ({"train.epochs_per_stage": {"int": [1.5, 4]}}, r"bounds must be integers"),
+        ({"strategies.replay.mixx": {"uniform": [0.1, 0.2]}}, r"'mixx' is not a parameter of strategy 'replay'"),
+        ({"strategies.distill.lam": {"uniform": [0.1, 0.2]}}, r"expected strategies.replay.<parameter>"),
+        ({"strategies.replay.mix": {"uniform": [0.1, 1.5]}}, r"'strategies.replay.mix'.*value 1.5 is not accepted"),
+        ({"split.seed": {"int": [0, 3]}}, r"only keys under train, model, strategies"),
+        ({"train": {"uniform": [0.1, 0.2]}}, r"'train'.*not a single value"),
+        ({}, r"sweep.spaces.replay: no search space"),
+    ],
+)
+def test_bad_sweep_spaces_fail_naming_the_key(tiny_params: dict, tmp_path: Path, space: dict, message: str) -> None:
+    config = _config(tiny_params, tmp_path, spaces={"replay": space})
+    with pytest.raises(GilError, match=message):
+        strategy_space(config, load_sweep_config(config), "replay")
+
+
+def test_bad_sweep_settings_fail_naming_the_key(tiny_params: dict, tmp_path: Path) -> None:
+    with pytest.raises(GilError, match=r"sweep.grace_stages: Input should be greater than or equal to 2"):
+        load_sweep_config(_config(tiny_params, tmp_path, grace_stages=1))
+    with pytest.raises(GilError, match=r"sweep.objective.kind"):
+        load_sweep_config(_config(tiny_params, tmp_path, objective={"kind": "best"}))
+
+
+def test_sampled_values_are_applied_and_validated(tiny_params: dict, tmp_path: Path) -> None:
+    config = _config(tiny_params, tmp_path)
+    applied = apply_params(config, {"train.lr": 0.002, "strategies.replay.mix": 0.4})
+    assert applied.train.lr == 0.002 and applied.strategies["replay"].params()["mix"] == 0.4
+    assert config.train.lr != 0.002  # the original is unchanged
+    with pytest.raises(GilError, match="strategies.replay.mix"):
+        apply_params(config, {"strategies.replay.mix": 2.0})
+
+
+def test_objective_of_partial_results_matrices() -> None:
+    objective = Objective(forgetting_weight=2.0, final_mse_weight=1.0)
+    base = objective.stage_metrics([[1.0]])
+    assert base == {"forgetting": 0.0, "final_mse": 1.0, "plasticity": 1.0, "score": 1.0}
+    two = objective.stage_metrics([[1.0], [1.5, 2.0]])
+    # forgetting = R[1][0] - R[0][0] = 0.5; final = mean(1.5, 2.0); plasticity = R[1][1]
+    assert two["forgetting"] == pytest.approx(0.5) and two["final_mse"] == pytest.approx(1.75)
+    assert two["plasticity"] == pytest.approx(2.0) and two["score"] == pytest.approx(2 * 0.5 + 1.75)
+    assert "delta" not in two  # undefined before the second incremental stage
+    three = objective.stage_metrics([[1.0], [1.5, 2.0], [1.2, 2.5, 3.0]])
+    # forgetting = mean(1.2 - 1.0, 2.5 - 2.0); delta = R[2][1] - R[1][1]
+    assert three["forgetting"] == pytest.approx(0.35) and three["delta"] == pytest.approx(0.5)
+    assert Objective(kind="pareto").metrics == ["forgetting", "plasticity"]
+
+
+def test_best_params_written_back_keep_the_rest_of_params_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).parents[1] / "params.yaml", path)
+    before = path.read_text().splitlines()
+    write_params_file(path, {"train.lr": 0.00042, "strategies.replay.mix": 0.3, "strategies.ewc.fisher_batches": 4})
+    after = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after, strict=False) if old != new]
+    assert [new.strip() for _, new in changed] == [
+        "lr: 0.00042",
+        "replay: {kind: replay, buffer_size: 200, policy: balanced, mix: 0.3}",
+        "ewc: {kind: ewc, lam: 100.0, fisher_batches: 4}",
+    ]
+    assert len(after) == len(before) and "# null: plain log1p" in path.read_text()
+
+
+# --- real sweeps (slow) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _ray_teardown() -> Iterator[None]:
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_teardown: None) -> None:
+    """A local 2-CPU Ray session shared by the sweeps of this module (run_sweep reuses it)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
+def _sweep(config: Config, dirs: tuple[Path, Path], tmp_path: Path, **options: object) -> dict:
+    from gil.sweep.runner import run_sweep
+
+    return run_sweep(config, "replay", dirs[0], dirs[1], storage_path=tmp_path / "ray_results",
+                     params_path=tmp_path / "params.yaml", report_dir=tmp_path / "reports", **options)
+
+
+@pytest.fixture
+def dirs(tiny_processed: Path, tiny_split: Path) -> tuple[Path, Path]:
+    return tiny_processed, tiny_split
+
+
+def _mlflow_runs(config: Config) -> tuple[object, list, list]:
+    """The sweep parents and trial children in the test's SQLite store (read directly)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    experiment = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([experiment.experiment_id], "", max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("gil.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("gil.kind") == "trial"]
+    assert len(runs) == len(parents) + len(children)
+    return client, parents, children
+
+
+def _assert_one_child_per_trial(config: Config, summary: dict) -> tuple[object, object, list]:
+    """One parent; one FINISHED child per Ray trial under it, with its params and per-stage metrics."""
+    client, parents, children = _mlflow_runs(config)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.info.run_id == summary["mlflow_parent_run_id"]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    by_trial = {c.data.tags["gil.sweep.trial_id"]: c for c in children}
+    assert len(by_trial) == len(children) == summary["n_trials"]  # no duplicate, no orphan
+    for trial in summary["trials"]:
+        child = by_trial[trial["trial_id"]]
+        assert child.info.run_id == trial["mlflow_run_id"] and child.info.status == "FINISHED"
+        assert {k: float(v) for k, v in child.data.params.items()} == pytest.approx(trial["params"])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "score")]
+        assert steps == list(range(int(trial["metrics"]["stage"]) + 1))  # each stage once
+        assert child.data.metrics["score"] == pytest.approx(trial["metrics"]["score"])
+        assert child.data.tags["gil.sweep.stopped_early"] == str(trial["stopped_early"]).lower()
+    return client, parent, children
+
+
+@pytest.mark.slow
+def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gil.sweep.runner import FAIL_ONCE_ENV
+
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
+    config = _config(tiny_params, tmp_path)
+    summary = _sweep(config, dirs, tmp_path)
+
+    assert marker.exists()  # one trial crashed after stage 1 ...
+    assert summary["n_trials"] == 4 and summary["n_failed"] == 0 and not summary["interrupted"]  # ... and recovered
+    client, parent, _ = _assert_one_child_per_trial(config, summary)
+    best = summary["best"]
+    assert best["complete"] and best["metrics"]["stage"] == N_STAGES
+    complete = [t for t in summary["trials"] if t["complete"]]
+    assert best["metrics"]["score"] == min(t["metrics"]["score"] for t in complete)
+    report = (tmp_path / "reports" / "replay.json").read_text()
+    import json
+
+    assert json.loads(report)["best"] == best
+    assert parent.data.tags["gil.sweep.best_trial_id"] == best["trial_id"]
+    assert float(parent.data.params["best.train.lr"]) == pytest.approx(best["params"]["train.lr"])
+    assert parent.data.metrics["best_score"] == pytest.approx(best["metrics"]["score"])
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["replay.json"]
+
+
+def _interrupt_after(storage: Path, finished: int) -> threading.Thread:
+    """SIGUSR1 to this process (Ray Tune's graceful stop, like Ctrl-C) once ``finished`` trials are done."""
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = [p for p in storage.glob("*/*/result.json") if f'"stage": {float(N_STAGES)}' in p.read_text()]
+            if len(done) >= finished:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path
+) -> None:
+    config = _config(tiny_params, tmp_path, scheduler="fifo")
+    storage = tmp_path / "ray_results"
+    watcher = _interrupt_after(storage, finished=2)
+    first = _sweep(config, dirs, tmp_path)
+    watcher.join()
+    assert first["interrupted"] and not (tmp_path / "reports" / "replay.json").exists()
+    finished = {t["trial_id"]: t for t in first["trials"] if t["complete"]}
+    assert len(finished) >= 2
+    results = {p.parent.name: p.read_text() for p in storage.glob("*/*/result.json")}
+
+    summary = _sweep(config, dirs, tmp_path, resume=True)
+    assert not summary["interrupted"] and summary["n_trials"] == 4 and summary["n_complete"] == 4
+    assert summary["sweep_name"] == first["sweep_name"]
+    for trial_id, trial in finished.items():  # kept, not rerun
+        assert next(t for t in summary["trials"] if t["trial_id"] == trial_id)["metrics"] == trial["metrics"]
+    for name, text in results.items():
+        if any(name.startswith(f"_trial_{trial_id}") or trial_id in name for trial_id in finished):
+            assert next(storage.glob(f"*/{name}/result.json")).read_text() == text
+    _assert_one_child_per_trial(config, summary)
+
+
+@pytest.mark.slow
+def test_pareto_sweep_returns_the_non_dominated_trials(
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path
+) -> None:
+    config = _config(tiny_params, tmp_path, tracking=False, num_samples=3, objective={"kind": "pareto"})
+    summary = _sweep(config, dirs, tmp_path)
+    assert summary["n_complete"] == 3 and summary["n_stopped_early"] == 0  # no ASHA
+    front = summary["pareto"]
+    assert front and summary["best"] in front
+    for point in front:
+        for other in summary["trials"]:
+            assert not (other["metrics"]["forgetting"] < point["metrics"]["forgetting"]
+                        and other["metrics"]["plasticity"] < point["metrics"]["plasticity"])
+    assert not (tmp_path / "mlruns").exists()  # tracking disabled: no MLflow at all
+
+
+def _free_port() -> int:
+    from gil.tracking.server import free_port
+
+    return free_port()
+
+
+@pytest.mark.slow
+def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path) -> None:
+    """A head started with ``ray start`` (own temp dir, loopback), joined by address, stopped by PID."""
+    import ray
+
+    ray.shutdown()  # leave the module's local session: this test joins a cluster
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--port", str(port), "--temp-dir", str(tmp_path / "ray-tmp"),
+         "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false",
+         "--disable-usage-stats", "--block"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                summary = _sweep(config, dirs, tmp_path, address=f"127.0.0.1:{port}")
+                break
+            except GilError:  # the head is still starting
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert summary["n_complete"] == 2 and math.isfinite(summary["best"]["metrics"]["score"])
+        assert not ray.is_initialized()  # run_sweep left the cluster
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()

@@ -1,0 +1,134 @@
+"""The stage loop: determinism, resume after a kill, shared base stage, checkpoint safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from factories import make_config, make_processed, make_split
+from gil.errors import GilError
+from gil.train.checkpoint import completed_stages, load_checkpoint, stage_path
+from gil.train.loop import StageTrainer, train_base, train_strategy
+
+
+@pytest.fixture(scope="module")
+def data_and_split():
+    data = make_processed(n_cells=160, n_genes=40)
+    return data, make_split(data)
+
+
+def _weights(trainer: StageTrainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_carry_the_vocabulary_and_the_vocabulary_grows(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    trainer = StageTrainer(make_config(), "finetune", 0, data, split, tmp_path, progress=False)
+    trainer.run()
+    sizes = [len(split.gene_sets[0][1]), 6, 6]
+    for stage in range(3):
+        payload = load_checkpoint(stage_path(tmp_path, stage))
+        assert len(payload["vocabulary"]) == sum(sizes[: stage + 1])
+        assert payload["n_tokens"] == 2 + sum(sizes[: stage + 1])
+    stage0 = load_checkpoint(stage_path(tmp_path, 0))["model"]["gene_embedding.weight"]
+    stage2 = load_checkpoint(stage_path(tmp_path, 2))["model"]["gene_embedding.weight"]
+    assert stage2.shape[0] > stage0.shape[0]
+
+
+def test_preallocated_vocabulary_keeps_the_full_table_from_the_start(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    config = make_config(model={"preset": "tiny", "vocabulary": "preallocated"})
+    trainer = StageTrainer(config, "finetune", 0, data, split, tmp_path, progress=False)
+    assert trainer.model.n_tokens == 2 + data.n_genes
+    trainer.run()
+    assert trainer.model.n_tokens == 2 + data.n_genes
+
+
+def test_resume_after_losing_the_last_stage_gives_identical_weights(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    config = make_config(model={"preset": "tiny", "dropout": 0.1})
+    full = StageTrainer(config, "replay", 0, data, split, tmp_path / "full", progress=False)
+    full.run()
+    partial = StageTrainer(config, "replay", 0, data, split, tmp_path / "partial", progress=False)
+    partial.run()
+    stage_path(partial.run_dir, 2).unlink()  # as if killed during stage 2
+    resumed = StageTrainer(config, "replay", 0, data, split, tmp_path / "partial", progress=False)
+    resumed.run()
+    assert _same(_weights(full), _weights(resumed))
+
+
+def test_shared_base_stage_gives_the_same_run_as_training_it(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    config = make_config(model={"preset": "tiny", "dropout": 0.1})
+    train_base(config, data, split, tmp_path / "base", progress=False)
+    for name in ("ewc", "replay"):
+        own = StageTrainer(config, name, 0, data, split, tmp_path / name / "own", progress=False)
+        own.run()
+        shared = StageTrainer(config, name, 0, data, split, tmp_path / name / "shared", progress=False,
+                              base_dir=tmp_path / "base")
+        shared.run()
+        assert _same(_weights(own), _weights(shared))
+
+
+def test_a_checkpoint_from_another_config_is_refused_and_kept(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    train_strategy(make_config(), "finetune", data, split, tmp_path, progress=False)
+    before = stage_path(tmp_path / "seed_0", 2).read_bytes()
+    other = make_config(train={"seeds": [0], "epochs_per_stage": 3, "batch_size": 16, "device": "cpu"})
+    with pytest.raises(GilError, match="different config"):
+        train_strategy(other, "finetune", data, split, tmp_path, progress=False)
+    assert stage_path(tmp_path / "seed_0", 2).read_bytes() == before
+
+
+def test_a_corrupt_checkpoint_is_refused_with_a_clear_message(tmp_path) -> None:
+    path = tmp_path / "stage_0.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(GilError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_half_written_checkpoints_are_never_picked_up(tmp_path) -> None:
+    (tmp_path / ".stage_1.pt.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "stage_0.pt").write_bytes(b"x")
+    assert completed_stages(tmp_path) == [0]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_project) -> None:
+    """Kill `gil train` with SIGKILL while it trains, rerun it, compare with an uninterrupted run."""
+    base_params, processed, split_dir = tiny_project
+    raw = yaml.safe_load(base_params.read_text())
+    raw["train"]["epochs_per_stage"] = 25  # long enough stages that the kill lands mid-run
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "gil.cli", "train", "-s", "replay", "-p", str(params),
+               "--processed", str(processed), "--split", str(split_dir)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+    victim = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not stage_path(tmp_path / "killed" / "seed_0", 0).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = completed_stages(tmp_path / "killed" / "seed_0")
+    assert 0 in done and 2 not in done, "the kill must land mid-run"
+    subprocess.run([*command, "--out", str(tmp_path / "killed")], check=True, env=env, capture_output=True)
+    clean = load_checkpoint(stage_path(tmp_path / "clean" / "seed_0", 2))["model"]
+    resumed = load_checkpoint(stage_path(tmp_path / "killed" / "seed_0", 2))["model"]
+    assert _same(clean, resumed)
+    leftovers = [p.name for p in (tmp_path / "killed" / "seed_0").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
