@@ -144,13 +144,13 @@ def test_table_numbers_and_row_order(metrics_by_strategy) -> None:
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0] == (
         "| strategy | Δ (mean ± std) | forgetting | BWT | final MSE | plasticity (new-gene MSE) "
-        "| T1: after stage 1 → after stage 2 | probe Δ |"
+        "| intransigence vs joint | T1: after stage 1 → after stage 2 | probe Δ |"
     )
     # Baseline first, then methods by increasing Δ, the joint oracle last.
     assert [row.split(" | ")[0][2:] for row in rows[1:]] == ["finetune", "replay", "distill", "ewc", "joint"]
     assert rows[1] == (
         "| finetune | 0.123 ± 0.010 | 0.100 ± 0.002 | -0.100 ± 0.002 | 0.500 ± 0.002 | 0.405 ± 0.002 "
-        "| 0.410 → 0.600 | -0.030 ± 0.005 |"
+        "| – | 0.410 → 0.600 | -0.030 ± 0.005 |"
     )
     legend = table.split("\n\n", 1)[1]
     assert "mean ± std over seeds" in legend
@@ -220,3 +220,23 @@ def test_unreadable_missing_duplicate_and_inconsistent_files(tmp_path: Path) -> 
     other_split["gene_sets"] = ["B", "X1", "X2"]
     with pytest.raises(GilError, match="different gene sets"):
         load_metrics([finetune, _write(tmp_path / "c.json", json.dumps(other_split))])
+
+
+def test_intransigence_is_computed_against_the_joint_run_seed_by_seed() -> None:
+    from gil.report import with_intransigence
+
+    def metrics(kind: str, matrices: dict[str, list]) -> dict:
+        return {"strategy": kind, "kind": kind, "regression": {"intransigence": None},
+                "per_seed": {seed: {"regression": {"matrix": m}} for seed, m in matrices.items()}}
+
+    nan = None
+    joint = metrics("joint", {"0": [[0.5, nan, nan], [0.5, 0.4, nan], [0.5, 0.4, 0.3]],
+                              "1": [[0.5, nan, nan], [0.5, 0.2, nan], [0.5, 0.4, 0.3]]})
+    finetune = metrics("finetune", {"0": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.5]],
+                                    "1": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.3]]})
+    # seed 0: mean(0.6-0.4, 0.5-0.3) = 0.2; seed 1: mean(0.6-0.2, 0.3-0.3) = 0.2
+    result = with_intransigence({"joint": joint, "finetune": finetune})
+    assert result["finetune"]["regression"]["intransigence_mean"] == pytest.approx(0.2)
+    assert result["finetune"]["regression"]["intransigence_std"] == pytest.approx(0.0)
+    assert result["joint"]["regression"]["intransigence_mean"] == pytest.approx(0.0)
+    assert finetune["regression"]["intransigence"] is None  # input untouched

@@ -118,3 +118,16 @@ def test_balanced_buffer_spreads_over_stages_and_classes() -> None:
 def test_invalid_strategy_entries_name_the_key(entry: dict, message: str) -> None:
     with pytest.raises(GilError, match=message):
         config_from_dict({"dataset": {"path": "x.h5ad"}, "strategies": {"bad": entry}})
+
+
+@pytest.mark.parametrize("kind", sorted(registry()))
+def test_every_strategy_trains_and_evaluates_end_to_end(tmp_path, data_and_split, kind: str) -> None:
+    from gil.evaluate import evaluate_strategy
+    from gil.train.loop import train_strategy
+
+    data, split = data_and_split
+    config = make_config(strategies={kind: {"kind": kind}})
+    train_strategy(config, kind, data, split, tmp_path, progress=False)
+    document = evaluate_strategy(config, kind, data, split, tmp_path)
+    final = document["regression"]["matrix"][-1]
+    assert len(final) == 3 and all(value is not None and value > 0 for value in final)

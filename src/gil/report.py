@@ -13,6 +13,7 @@ Every output is written atomically, PNGs without a version stamp so identical in
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 
 from gil.errors import GilError
 from gil.files import atomic_file, write_text
-from gil.metrics.continual import as_results_matrix
+from gil.metrics.continual import as_results_matrix, intransigence, mean_std
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -320,6 +321,7 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
         ("BWT", "bwt"),
         ("final MSE", "final_mse"),
         ("plasticity (new-gene MSE)", "plasticity"),
+        ("intransigence vs joint", "intransigence"),
     ]
     header = [
         "strategy",
@@ -341,6 +343,28 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+
+
+def with_intransigence(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, dict[str, Any]]:
+    """Copies of the metrics with ``intransigence`` filled in against the joint run, seed by seed.
+
+    The joint oracle is the strategy whose ``kind`` is ``joint``; each strategy's seed ``s`` is
+    compared with the joint run's seed ``s`` (see :func:`gil.metrics.intransigence`). Without a joint
+    run, or without common seeds, the values stay as they are (null).
+    """
+    joint = next((m for m in metrics_by_strategy.values() if m.get("kind") == "joint"), None)
+    result = {name: copy.deepcopy(dict(metrics)) for name, metrics in metrics_by_strategy.items()}
+    if joint is None:
+        return result
+    joint_seeds = joint.get("per_seed") or {}
+    for metrics in result.values():
+        per_seed = metrics.get("per_seed") or {}
+        values = [intransigence(run["regression"]["matrix"], joint_seeds[seed]["regression"]["matrix"])
+                  for seed, run in per_seed.items() if seed in joint_seeds]
+        if values:
+            mean, std = mean_std(values)
+            metrics["regression"].update(intransigence=mean, intransigence_mean=mean, intransigence_std=std)
+    return result
 
 
 def load_metrics(metrics_paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
@@ -404,7 +428,7 @@ def run_report(metrics_paths: Sequence[Path | str], out_md: Path | str, plots_di
     """Load the metrics files; write one heatmap per strategy (``R_<strategy>.png``), the forgetting
     curves and probe accuracy figures into ``plots_dir``, and the Markdown report linking them to
     ``out_md``. Raises :class:`GilError` when no file is given or one is missing or malformed."""
-    metrics_by_strategy = load_metrics(metrics_paths)
+    metrics_by_strategy = with_intransigence(load_metrics(metrics_paths))
     names = _report_order(metrics_by_strategy)
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     figures: dict[str, str] = {}

@@ -2,9 +2,10 @@
 
 At stage ``k ≥ 1`` a frozen copy of the stage ``k-1`` model is the teacher. It sees each batch with
 the genes it does not know removed (see :func:`teacher_view`); the term is
-``λ · MSE(student, teacher)`` of the MLM predictions on every position of a gene the teacher knows
-(sets ``0..k-1``), never on the new genes ``Tk``. Optionally ``cls_weight · MSE`` of the ``<cls>``
-embeddings as well (feature distillation).
+``λ · MSE(student, teacher)`` of the MLM predictions on the masked positions of genes the teacher
+knows (sets ``0..k-1``), never on the new genes ``Tk``: masked positions are where a prediction is
+the model's knowledge of a gene rather than a copy of its input value. Optionally
+``cls_weight · MSE`` of the ``<cls>`` embeddings as well (feature distillation).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Distill(Strategy):
         known = ctx.stage - 1
         with torch.no_grad():
             target = ctx.forward(teacher_view(batch, known), self.teacher)
-        terms = {"distill": self.params.lam * distillation_loss(output.mlm, target.mlm, known_positions(batch, known))}
+        positions = known_positions(batch, known) & batch.masked
+        terms = {"distill": self.params.lam * distillation_loss(output.mlm, target.mlm, positions)}
         if self.params.cls_weight > 0:
             terms["distill_cls"] = self.params.cls_weight * torch.nn.functional.mse_loss(output.cell, target.cell)
         return terms

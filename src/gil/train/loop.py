@@ -327,6 +327,8 @@ def train_strategy(
         if resuming:  # refuse a stale or corrupt checkpoint before any run is opened
             load_checkpoint(stage_path(trainer.run_dir, done[-1]), trainer.fingerprint)
         tracker.begin_run(strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming)
+        tracker.log_dataset(config.dataset.name, config.dataset.path, (tags or {}).get("dvc.data.md5", "untracked"),
+                            data.n_cells, data.n_genes)
         try:
             results[seed] = trainer.run(fresh=fresh)
         except BaseException:
