@@ -137,7 +137,13 @@ def tiny_pipeline_params(h5ad: Path) -> dict:
     params = _tiny_params(h5ad)
     params["strategies"] = dict(TINY_STRATEGIES)
     params["benchmark"] = ["finetune", "replay"]
-    params["train"] = {"seeds": [0], "epochs_per_stage": 3, "batch_size": 16, "warmup_steps": 2, "device": "cpu"}
+    params["train"] = {
+        "seeds": [0],
+        "epochs_per_stage": 3,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "device": "cpu",
+    }
     params["evaluate"] = {"seed": 3, "repeats": 1, "batch_size": 32}
     return params
 
@@ -150,3 +156,77 @@ def tiny_project(synthetic_h5ad: Path, tiny_processed: Path, tiny_split: Path) -
     params = tiny_processed.parent / "params_pipeline.yaml"
     params.write_text(yaml.safe_dump(tiny_pipeline_params(synthetic_h5ad), sort_keys=False))
     return params, tiny_processed, tiny_split
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
+    import subprocess
+
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def build_tiny_project(repo: Path, h5ad: Path) -> dict:
+    """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new git + DVC repo ``repo``.
+
+    The project's ``dvc.yaml`` and copies of the source directories it depends on; tiny params with
+    tracking to ``repo/mlruns/mlflow.db``; a local DVC remote beside the repo. Returns the
+    environment the commands ran with.
+    """
+    import shutil
+
+    import yaml
+
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "TQDM_DISABLE": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_SITE_CACHE_DIR": str(repo / ".site-cache"),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    del pipeline["stages"]["zeisel"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    shutil.copy(h5ad, repo / "raw.h5ad")
+    params = tiny_pipeline_params(repo / "raw.h5ad")
+    params["dataset"]["path"] = "raw.h5ad"
+    params["tracking"] = {
+        "enabled": True,
+        "uri": f"sqlite:///{repo}/mlruns/mlflow.db",
+        "register_models": False,
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for part in ("model", "train", "strategies", "metrics"):  # dvc.yaml depends on these sources
+        shutil.copytree(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
+    for part in ("data/batches.py", "evaluate.py", "report.py"):
+        (repo / "src" / "gil" / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
+    dvc = [sys.executable, "-m", "dvc"]
+    _run_checked(["git", "init", "-q"], repo, env)
+    _run_checked([*dvc, "init", "-q"], repo, env)
+    _run_checked([*dvc, "remote", "add", "-d", "local", str(repo.parent / "remote")], repo, env)
+    _run_checked([*dvc, "add", "-q", "raw.h5ad"], repo, env)
+    _run_checked(["git", "add", "-A"], repo, env)
+    _run_checked(["git", "commit", "-qm", "init"], repo, env)
+    _run_checked([*dvc, "repro"], repo, env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) -> tuple[Path, dict]:
+    """A finished tiny benchmark (finetune and replay, one seed) built by real ``dvc repro``.
+
+    Shared by the pipeline and notebook tests to run the pipeline once; the pipeline tests change
+    it afterwards (a param change, push/pull), so tests that only read it must run first (the
+    notebook test module sorts before the pipeline test module).
+    """
+    repo = tmp_path_factory.mktemp("project")
+    return repo, build_tiny_project(repo, synthetic_h5ad)

@@ -12,7 +12,9 @@ from gil.config import Config, config_from_dict
 from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
 
 
-def make_processed(n_cells: int = 160, n_genes: int = 40, density: float = 0.5, seed: int = 0) -> ProcessedData:
+def make_processed(
+    n_cells: int = 160, n_genes: int = 40, density: float = 0.5, seed: int = 0
+) -> ProcessedData:
     """A random CSR matrix of positive log1p-like values with two cell labels."""
     rng = np.random.default_rng(seed)
     kind = rng.integers(0, 2, n_cells)
@@ -21,13 +23,24 @@ def make_processed(n_cells: int = 160, n_genes: int = 40, density: float = 0.5, 
     values = np.where(dense, np.log1p(rng.poisson(3, (n_cells, n_genes)) + 1 + kind[:, None] * 2), 0)
     indptr = np.concatenate([[0], np.cumsum(dense.sum(axis=1))]).astype(np.int64)
     rows, cols = np.nonzero(dense)
-    genes = pd.DataFrame({"gene": [f"g{j:03d}" for j in range(n_genes)], "n_cells": dense.sum(0),
-                          "total": values.sum(0)})
-    cells = pd.DataFrame({"cell": [f"c{i:03d}" for i in range(n_cells)], "n_genes": dense.sum(1),
-                          "kind": [f"k{k}" for k in kind]})
-    return ProcessedData(indptr=indptr, indices=cols.astype(np.int32),
-                         values=values[rows, cols].astype(np.float32), genes=genes, cells=cells,
-                         summary={"synthetic": True})
+    genes = pd.DataFrame(
+        {"gene": [f"g{j:03d}" for j in range(n_genes)], "n_cells": dense.sum(0), "total": values.sum(0)}
+    )
+    cells = pd.DataFrame(
+        {
+            "cell": [f"c{i:03d}" for i in range(n_cells)],
+            "n_genes": dense.sum(1),
+            "kind": [f"k{k}" for k in kind],
+        }
+    )
+    return ProcessedData(
+        indptr=indptr,
+        indices=cols.astype(np.int32),
+        values=values[rows, cols].astype(np.float32),
+        genes=genes,
+        cells=cells,
+        summary={"synthetic": True},
+    )
 
 
 def make_split(data: ProcessedData, n_stages: int = 2, genes_per_stage: int = 6, seed: int = 0) -> Split:
@@ -52,9 +65,16 @@ def make_split(data: ProcessedData, n_stages: int = 2, genes_per_stage: int = 6,
     labels = data.cells["kind"].to_numpy()[eval_rows]
     classes = sorted(set(labels))
     third = len(eval_rows) // 3
-    task = Task(name="kind", label="kind", learned_at=1, classes=classes, train=eval_rows[:third],
-                val=eval_rows[third : 2 * third], test=eval_rows[2 * third :],
-                targets=np.array([classes.index(x) for x in labels]))
+    task = Task(
+        name="kind",
+        label="kind",
+        learned_at=1,
+        classes=classes,
+        train=eval_rows[:third],
+        val=eval_rows[third : 2 * third],
+        test=eval_rows[2 * third :],
+        targets=np.array([classes.index(x) for x in labels]),
+    )
     return Split(method="test", gene_sets=sets, cell_stages=stages, tasks=[task], summary={})
 
 
@@ -63,8 +83,14 @@ def make_config(**overrides: dict) -> Config:
     raw = {
         "dataset": {"name": "test", "path": "unused.h5ad"},
         "model": {"preset": "tiny"},
-        "train": {"seeds": [0], "epochs_per_stage": 2, "batch_size": 16, "lr": 0.003, "warmup_steps": 2,
-                  "device": "cpu"},
+        "train": {
+            "seeds": [0],
+            "epochs_per_stage": 2,
+            "batch_size": 16,
+            "lr": 0.003,
+            "warmup_steps": 2,
+            "device": "cpu",
+        },
         "evaluate": {"seed": 7, "repeats": 1, "batch_size": 32},
         "strategies": {
             "finetune": {"kind": "finetune"},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from factories import make_processed, make_split
+
 from gil.data.batches import MASKED_VALUE, BatchBuilder
 from gil.data.vocab import CLS, NO_SET, PAD, Vocabulary
 
@@ -56,7 +56,9 @@ def test_sequences_are_capped_at_max_seq_and_values_match_the_matrix(builder: Ba
     data = builder.data
     for i, row in enumerate(rows[:5]):
         start, end = data.indptr[row], data.indptr[row + 1]
-        truth = dict(zip(builder.token_of_column[data.indices[start:end]], data.values[start:end], strict=True))
+        truth = dict(
+            zip(builder.token_of_column[data.indices[start:end]], data.values[start:end], strict=True)
+        )
         for token, value in zip(batch.genes[i, 1:].tolist(), batch.targets[i, 1:].tolist(), strict=True):
             if token != PAD:
                 assert truth[token] == pytest.approx(value)
@@ -74,8 +76,14 @@ def test_evaluation_batches_share_positions_and_masks_across_stages(builder: Bat
     late = builder.evaluation_batch(rows, 2, seed=11, mask_fraction=0.4, max_seq=12)
     assert not bool((early.gene_sets > 1).any())
     for i in range(len(rows)):
-        early_masked = {(g, m) for g, m in zip(early.genes[i].tolist(), early.masked[i].tolist(), strict=True)
-                        if g != PAD}
-        late_known = {(g, m) for g, m, s in zip(late.genes[i].tolist(), late.masked[i].tolist(),
-                                                late.gene_sets[i].tolist(), strict=True) if g != PAD and s <= 1}
+        early_masked = {
+            (g, m) for g, m in zip(early.genes[i].tolist(), early.masked[i].tolist(), strict=True) if g != PAD
+        }
+        late_known = {
+            (g, m)
+            for g, m, s in zip(
+                late.genes[i].tolist(), late.masked[i].tolist(), late.gene_sets[i].tolist(), strict=True
+            )
+            if g != PAD and s <= 1
+        }
         assert early_masked == late_known

@@ -11,8 +11,9 @@ from gil.train.checkpoint import stage_path
 
 
 def _train(run_cli, params: Path, processed: Path, split: Path, out: Path, strategy: str = "finetune"):
-    return run_cli("train", "-s", strategy, "-p", params, "--processed", processed, "--split", split,
-                   "--out", out)
+    return run_cli(
+        "train", "-s", strategy, "-p", params, "--processed", processed, "--split", split, "--out", out
+    )
 
 
 def _assert_user_error(result, *words: str) -> None:
@@ -28,7 +29,9 @@ def test_help_on_every_command(run_cli) -> None:
     from gil.cli import app
 
     names = [command.name or command.callback.__name__ for command in app.registered_commands]
-    assert {"prepare", "split", "train", "train-base", "evaluate", "report", "leaderboard", "ui"} <= set(names)
+    assert {"prepare", "split", "train", "train-base", "evaluate", "report", "leaderboard", "ui"} <= set(
+        names
+    )
     for name in names:
         result = run_cli(name, "--help")
         assert result.code == 0 and "Usage" in result.stdout, name
@@ -74,8 +77,21 @@ def test_checkpoint_from_another_config_is_refused_and_kept(run_cli, tiny_projec
 
 def test_evaluate_without_checkpoints_names_the_fix(run_cli, tiny_project, tmp_path) -> None:
     params, processed, split = tiny_project
-    result = run_cli("evaluate", "-s", "finetune", "-p", params, "--processed", processed, "--split", split,
-                     "--checkpoints", tmp_path / "none", "--out", tmp_path / "m.json")
+    result = run_cli(
+        "evaluate",
+        "-s",
+        "finetune",
+        "-p",
+        params,
+        "--processed",
+        processed,
+        "--split",
+        split,
+        "--checkpoints",
+        tmp_path / "none",
+        "--out",
+        tmp_path / "m.json",
+    )
     _assert_user_error(result, "not found", "train")
     assert not (tmp_path / "m.json").exists()
 
@@ -90,6 +106,19 @@ def test_checkpoint_with_another_vocabulary_is_refused(run_cli, tiny_project, tm
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(raw))
     assert run_cli("split", "-p", other, "--processed", processed, "--out", other_split).code == 0
-    result = run_cli("evaluate", "-s", "finetune", "-p", params, "--processed", processed, "--split", other_split,
-                     "--checkpoints", tmp_path / "out", "--out", tmp_path / "m.json")
+    result = run_cli(
+        "evaluate",
+        "-s",
+        "finetune",
+        "-p",
+        params,
+        "--processed",
+        processed,
+        "--split",
+        other_split,
+        "--checkpoints",
+        tmp_path / "out",
+        "--out",
+        tmp_path / "m.json",
+    )
     _assert_user_error(result, "different config, split or vocabulary")

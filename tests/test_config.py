@@ -53,8 +53,12 @@ def test_default_params_file_is_valid() -> None:
 
 
 def test_run_params_depend_only_on_the_strategy_own_entry() -> None:
-    a = config_from_dict(_raw(strategies={"x": {"kind": "finetune"}, "y": {"kind": "replay", "buffer_size": 5}}))
-    b = config_from_dict(_raw(strategies={"x": {"kind": "finetune"}, "y": {"kind": "replay", "buffer_size": 9}}))
+    a = config_from_dict(
+        _raw(strategies={"x": {"kind": "finetune"}, "y": {"kind": "replay", "buffer_size": 5}})
+    )
+    b = config_from_dict(
+        _raw(strategies={"x": {"kind": "finetune"}, "y": {"kind": "replay", "buffer_size": 9}})
+    )
     assert run_params(a, "x") == run_params(b, "x")
     assert run_params(a, "y") != run_params(b, "y")
     assert run_params(a, "x")["model.d_model"] == 64  # resolved from the preset

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
 from factories import make_config, make_processed, make_split
+
 from gil.data.batches import BatchBuilder
 from gil.data.layout import EVAL_STAGE
 from gil.data.vocab import Vocabulary
@@ -21,8 +21,16 @@ from gil.train.loop import build_model, train_strategy
 def trained(tmp_path_factory):
     data = make_processed(n_cells=200, n_genes=40)
     split = make_split(data)
-    config = make_config(train={"seeds": [0, 1], "epochs_per_stage": 8, "batch_size": 16, "lr": 0.003,
-                                "warmup_steps": 2, "device": "cpu"})
+    config = make_config(
+        train={
+            "seeds": [0, 1],
+            "epochs_per_stage": 8,
+            "batch_size": 16,
+            "lr": 0.003,
+            "warmup_steps": 2,
+            "device": "cpu",
+        }
+    )
     out = tmp_path_factory.mktemp("ckpt")
     train_strategy(config, "finetune", data, split, out, progress=False)
     return config, data, split, out

@@ -3,58 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import _run_checked
 
-from conftest import tiny_pipeline_params
-
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
+    return _run_checked(args, cwd, env)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, synthetic_h5ad: Path) -> tuple[Path, dict]:
-    """A git + DVC repository holding the project's dvc.yaml (minus the Zeisel stage) and tiny params."""
-    repo = tmp_path_factory.mktemp("project")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_SITE_CACHE_DIR": str(repo / ".site-cache")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    del pipeline["stages"]["zeisel"]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    shutil.copy(synthetic_h5ad, repo / "raw.h5ad")
-    params = tiny_pipeline_params(repo / "raw.h5ad")
-    params["dataset"]["path"] = "raw.h5ad"
-    params["tracking"] = {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "src" / "gil").mkdir(parents=True)
-    for part in ("model", "train", "strategies", "metrics"):
-        shutil.copytree(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
-    for part in ("data/batches.py", "evaluate.py", "report.py"):
-        (repo / "src" / "gil" / part).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
-    _run(["git", "init", "-q"], repo, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
-    _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(repo.parent / "remote")], repo, env)
-    _run([sys.executable, "-m", "dvc", "add", "-q", "raw.h5ad"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "init"], repo, env)
-    _run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    return repo, env
+def project(dvc_project: tuple[Path, dict]) -> tuple[Path, dict]:
+    return dvc_project
 
 
 def test_repro_builds_every_output(project) -> None:

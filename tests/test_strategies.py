@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from factories import make_config, make_processed, make_split
+
 from gil.config import config_from_dict
 from gil.errors import GilError
 from gil.strategies import registry
@@ -38,13 +38,18 @@ def test_registry_finds_every_default_strategy() -> None:
 
 def test_distill_with_zero_lambda_equals_finetune(tmp_path, data_and_split) -> None:
     finetune = _final_weights(_trainer(tmp_path, data_and_split, "finetune", finetune={"kind": "finetune"}))
-    distill = _final_weights(_trainer(tmp_path, data_and_split, "distill", distill={"kind": "distill", "lam": 0.0}))
+    distill = _final_weights(
+        _trainer(tmp_path, data_and_split, "distill", distill={"kind": "distill", "lam": 0.0})
+    )
     assert all(torch.equal(finetune[k], distill[k]) for k in finetune)
 
 
 def test_distill_and_ewc_change_the_weights_of_later_stages(tmp_path, data_and_split) -> None:
     finetune = _final_weights(_trainer(tmp_path, data_and_split, "finetune", finetune={"kind": "finetune"}))
-    for name, entry in {"distill": {"kind": "distill", "lam": 5.0}, "ewc": {"kind": "ewc", "lam": 100.0}}.items():
+    for name, entry in {
+        "distill": {"kind": "distill", "lam": 5.0},
+        "ewc": {"kind": "ewc", "lam": 100.0},
+    }.items():
         weights = _final_weights(_trainer(tmp_path, data_and_split, name, **{name: entry}))
         assert not torch.equal(weights["layers.0.qkv.weight"], finetune["layers.0.qkv.weight"])
 
@@ -61,7 +66,9 @@ def test_teacher_view_hides_new_genes_only(data_and_split, tmp_path) -> None:
 
 
 def test_replay_batches_mix_earlier_cells_that_keep_their_own_genes(tmp_path, data_and_split) -> None:
-    trainer = _trainer(tmp_path, data_and_split, "replay", replay={"kind": "replay", "buffer_size": 20, "mix": 0.5})
+    trainer = _trainer(
+        tmp_path, data_and_split, "replay", replay={"kind": "replay", "buffer_size": 20, "mix": 0.5}
+    )
     trainer.run()
     strategy = trainer.strategy
     stages = trainer.split.cell_stages
@@ -100,7 +107,9 @@ def test_balanced_buffer_spreads_over_stages_and_classes() -> None:
     labels = np.array(["a"] * 90 + ["b"] * 10)
     chosen = balanced_sample(np.arange(100), labels, 20, rng)
     assert (labels[chosen] == "b").sum() == 10
-    buffer = update_buffer(np.zeros(0, dtype=np.int64), np.zeros(0), np.arange(50), 0, 0, 10, "balanced", None, rng)
+    buffer = update_buffer(
+        np.zeros(0, dtype=np.int64), np.zeros(0), np.arange(50), 0, 0, 10, "balanced", None, rng
+    )
     buffer = update_buffer(buffer, np.zeros(len(buffer)), np.arange(50, 60), 1, 50, 10, "balanced", None, rng)
     assert len(buffer) == 10 and (buffer >= 50).sum() == 5
     random = update_buffer(np.arange(10), np.zeros(10), np.arange(90, 100), 1, 90, 10, "random", None, rng)

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -272,10 +273,9 @@ def test_pareto_sweep_returns_the_non_dominated_trials(
     assert not (tmp_path / "mlruns").exists()  # tracking disabled: no MLflow at all
 
 
-def _free_port() -> int:
-    from gil.tracking.server import free_port
-
-    return free_port()
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.slow
@@ -284,7 +284,9 @@ def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_
     import ray
 
     ray.shutdown()  # leave the module's local session: this test joins a cluster
-    port = _free_port()
+    from gil.tracking.server import free_port
+
+    port = free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--port", str(port), "--temp-dir", str(tmp_path / "ray-tmp"),
@@ -293,22 +295,18 @@ def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                summary = _sweep(config, dirs, tmp_path, address=f"127.0.0.1:{port}")
-                break
-            except GilError:  # the head is still starting
-                if time.monotonic() > deadline or head.poll() is not None:
-                    raise
-                time.sleep(1)
+        while not _port_open(port):  # the head is starting
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+        config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
+        summary = _sweep(config, dirs, tmp_path, address=f"127.0.0.1:{port}")
         assert summary["n_complete"] == 2 and math.isfinite(summary["best"]["metrics"]["score"])
         assert not ray.is_initialized()  # run_sweep left the cluster
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and every process it started
         try:
-            head.wait(timeout=20)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()

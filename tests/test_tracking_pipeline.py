@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from _mlflow_helpers import isolated_mlflow, running_server
 from factories import make_config, make_processed, make_split
+from mlflow.tracking import MlflowClient
+
 from gil.data.batches import BatchBuilder
 from gil.data.vocab import Vocabulary
 from gil.evaluate import evaluate_strategy
@@ -30,7 +29,9 @@ def tracked_run(tmp_path_factory):
     with isolated_mlflow(), running_server(root) as url:
         tracker = MlflowTracker(url, "gil-test")
         tags = {"git.commit": "abc", "dvc.data.md5": "d41d8cd98f00b204e9800998ecf8427e"}
-        train_strategy(config, "replay", data, split, root / "ckpt", tracker=tracker, tags=tags, progress=False)
+        train_strategy(
+            config, "replay", data, split, root / "ckpt", tracker=tracker, tags=tags, progress=False
+        )
         evaluate_strategy(config, "replay", data, split, root / "ckpt", tracker=tracker, tags=tags)
         yield url, data, split, config, root
         mlflow.set_tracking_uri(None)

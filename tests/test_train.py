@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
 from factories import make_config, make_processed, make_split
+
 from gil.errors import GilError
 from gil.train.checkpoint import completed_stages, load_checkpoint, stage_path
 from gil.train.loop import StageTrainer, train_base, train_strategy
@@ -76,8 +75,16 @@ def test_shared_base_stage_gives_the_same_run_as_training_it(tmp_path, data_and_
     for name in ("ewc", "replay"):
         own = StageTrainer(config, name, 0, data, split, tmp_path / name / "own", progress=False)
         own.run()
-        shared = StageTrainer(config, name, 0, data, split, tmp_path / name / "shared", progress=False,
-                              base_dir=tmp_path / "base")
+        shared = StageTrainer(
+            config,
+            name,
+            0,
+            data,
+            split,
+            tmp_path / name / "shared",
+            progress=False,
+            base_dir=tmp_path / "base",
+        )
         shared.run()
         assert _same(_weights(own), _weights(shared))
 
@@ -113,12 +120,28 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, t
     raw["train"]["epochs_per_stage"] = 25  # long enough stages that the kill lands mid-run
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "gil.cli", "train", "-s", "replay", "-p", str(params),
-               "--processed", str(processed), "--split", str(split_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "gil.cli",
+        "train",
+        "-s",
+        "replay",
+        "-p",
+        str(params),
+        "--processed",
+        str(processed),
+        "--split",
+        str(split_dir),
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
-    victim = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not stage_path(tmp_path / "killed" / "seed_0", 0).exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -109,11 +109,20 @@ def train(
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
     split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
-    out: Annotated[Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")] = None,
-    seed: Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")
+    ] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
-    base: Annotated[Path | None, typer.Option(help="Import stage 0 from this shared base run "
-                                                   "(written by `gil train-base`) instead of training it.")] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Import stage 0 from this shared base run "
+            "(written by `gil train-base`) instead of training it."
+        ),
+    ] = None,
 ) -> None:
     """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
     from gil.train.loop import train_strategy
@@ -123,14 +132,17 @@ def train(
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
     out = out or Path("checkpoints") / strategy
-    results = train_strategy(config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags,
-                             fresh=fresh, base_dir=base)
+    results = train_strategy(
+        config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags, fresh=fresh, base_dir=base
+    )
     _print_speeds(strategy, results)
 
 
 def _print_speeds(name: str, results: dict) -> None:  # noqa: ANN001
     for run_seed, records in results.items():
-        speeds = ", ".join(f"stage {r.stage}: {r.cells_per_second:.0f} cells/s, {r.seconds:.1f} s" for r in records)
+        speeds = ", ".join(
+            f"stage {r.stage}: {r.cells_per_second:.0f} cells/s, {r.seconds:.1f} s" for r in records
+        )
         typer.echo(f"{name} seed {run_seed}: {speeds or 'already complete'}")
 
 
@@ -140,7 +152,9 @@ def train_base_command(
     processed: ProcessedOption = Path("data/processed"),
     split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
     out: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path("checkpoints/base"),
-    seed: Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
 ) -> None:
     """Train the strategy-independent base stage once per seed, to be shared by every strategy."""
@@ -148,7 +162,9 @@ def train_base_command(
     from gil.train.loop import train_base
 
     config = _config(params)
-    results = train_base(config, ProcessedData.load(processed), Split.load(split_dir), out, seeds=seed, fresh=fresh)
+    results = train_base(
+        config, ProcessedData.load(processed), Split.load(split_dir), out, seeds=seed, fresh=fresh
+    )
     _print_speeds("base", results)
 
 
@@ -158,7 +174,9 @@ def evaluate(
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
     split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
-    checkpoints: Annotated[Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
 ) -> None:
     """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
@@ -169,19 +187,30 @@ def evaluate(
     _require_strategy(config, strategy)
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
-    document = evaluate_strategy(config, strategy, data, split, checkpoints or Path("checkpoints") / strategy,
-                                 tracker=tracker, tags=tags)
+    document = evaluate_strategy(
+        config,
+        strategy,
+        data,
+        split,
+        checkpoints or Path("checkpoints") / strategy,
+        tracker=tracker,
+        tags=tags,
+    )
     out = out or Path("metrics") / f"{strategy}.json"
     write_json(out, document)
     regression = document["regression"]
-    typer.echo(f"{strategy}: delta {regression['delta']}, forgetting {regression['forgetting']}, "
-               f"final MSE {regression['final_mse']} -> {out}")
+    typer.echo(
+        f"{strategy}: delta {regression['delta']}, forgetting {regression['forgetting']}, "
+        f"final MSE {regression['final_mse']} -> {out}"
+    )
 
 
 @app.command()
 def report(
-    metrics: Annotated[list[Path] | None, typer.Argument(help="Metrics files (default: metrics/<name>.json "
-                                                              "for every name in 'benchmark').")] = None,
+    metrics: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Metrics files (default: metrics/<name>.json for every name in 'benchmark')."),
+    ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
     out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("reports/benchmark.md"),
     plots: Annotated[Path, typer.Option(help="Directory for the PNG figures.")] = Path("plots"),
@@ -202,15 +231,21 @@ def leaderboard(
     tiebreak: Annotated[str, typer.Option(help="Second ranking metric.")] = "final_mse",
     descending: Annotated[bool, typer.Option(help="Higher is better (accuracy-like metrics).")] = False,
     out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and .csv.")] = Path("reports"),
-    skip_if_disabled: Annotated[bool, typer.Option(help="With tracking.enabled false, write a placeholder "
-                                                        "instead of failing (for the DVC pipeline).")] = False,
+    skip_if_disabled: Annotated[
+        bool,
+        typer.Option(
+            help="With tracking.enabled false, write a placeholder instead of failing (for the DVC pipeline)."
+        ),
+    ] = False,
 ) -> None:
     """Rank strategies from the tracking server (mean ± std over seeds) and print the table."""
     config = _config(params)
     if not config.tracking.enabled:
         if not skip_if_disabled:
-            raise GilError("tracking is disabled (tracking.enabled: false) and the leaderboard is read from "
-                           "MLflow; enable tracking, or read reports/benchmark.md")
+            raise GilError(
+                "tracking is disabled (tracking.enabled: false) and the leaderboard is read from "
+                "MLflow; enable tracking, or read reports/benchmark.md"
+            )
         from gil.files import write_text
 
         note = "Tracking is disabled (tracking.enabled: false): no leaderboard. See reports/benchmark.md.\n"
@@ -220,13 +255,17 @@ def leaderboard(
         return
     from gil.tracking.leaderboard import run_leaderboard
 
-    typer.echo(run_leaderboard(config.tracking, f"gil-{config.dataset.name}", metric, out, tiebreak, descending))
+    typer.echo(
+        run_leaderboard(config.tracking, f"gil-{config.dataset.name}", metric, out, tiebreak, descending)
+    )
 
 
 @app.command()
 def ui(
     params: ParamsOption = DEFAULT_PARAMS,
-    host: Annotated[str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the UI.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the UI.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
 ) -> None:
     """Start the MLflow UI on the project's tracking store and print its URL (Ctrl-C stops it)."""

@@ -204,7 +204,9 @@ class Config(Section):
     def _benchmark_names_exist(self) -> Config:
         unknown = [name for name in self.benchmark if name not in self.strategies]
         if unknown:
-            raise ValueError(f"benchmark: {unknown} are not entries of 'strategies'; add them there or remove them")
+            raise ValueError(
+                f"benchmark: {unknown} are not entries of 'strategies'; add them there or remove them"
+            )
         return self
 
 
@@ -217,7 +219,9 @@ def _format_validation_error(error: ValidationError, source: Path) -> str:
     elif first["type"] == "missing":
         message = "required key is missing; add it"
     got = first.get("input")
-    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    shown = (
+        "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    )
     return f"{source}: {key}: {message}{shown}" if key else f"{source}: {message}"
 
 
@@ -265,9 +269,19 @@ def run_params(config: Config, strategy_name: str) -> dict[str, Any]:
     """The resolved, flattened config that one strategy's runs depend on.
 
     Other strategies' entries, the benchmark list, tracking and sweep settings are left out, so
-    that changing them does not change this strategy's run identity.
+    that changing them does not change this strategy's run identity; so are the evaluation
+    settings: a re-evaluation reports on the runs that training opened (its settings go to tags,
+    see :func:`evaluation_tags`).
     """
-    raw = config.model_dump(mode="json", exclude={"strategies", "benchmark", "tracking", "sweep"})
+    raw = config.model_dump(mode="json", exclude={"strategies", "benchmark", "tracking", "sweep", "evaluate"})
     raw["model"] = {**raw["model"], **config.model.resolved()}
     raw["strategy"] = {"name": strategy_name, **config.strategies[strategy_name].model_dump(mode="json")}
     return flatten(raw)
+
+
+def evaluation_tags(config: Config) -> dict[str, str]:
+    """The evaluation settings as ``evaluate.*`` tags (tags, unlike params, may change on a rerun)."""
+    return {
+        f"evaluate.{key}": str(value)
+        for key, value in flatten(config.evaluate.model_dump(mode="json")).items()
+    }

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gil.config import Config, run_params
+
+from gil.config import Config, evaluation_tags, run_params
 from gil.data.batches import BatchBuilder
 from gil.data.layout import EVAL_STAGE, ProcessedData, Split
 from gil.data.vocab import Vocabulary
@@ -66,11 +67,19 @@ class SeedEvaluation:
     probes: dict[str, dict[str, list[float]]]
 
     def summary(self, learned_at: dict[str, int]) -> dict[str, Any]:
-        regression = {"matrix": self.mse, "matrix_per_gene": self.mse_per_gene, "pearson": self.pearson,
-                      "seen_mse": self.seen_mse, **summarize(self.mse)}
+        regression = {
+            "matrix": self.mse,
+            "matrix_per_gene": self.mse_per_gene,
+            "pearson": self.pearson,
+            "seen_mse": self.seen_mse,
+            **summarize(self.mse),
+        }
         tasks = {
-            name: {**scores, "learned_at": learned_at[name],
-                   "delta": accuracy_delta(scores["accuracy"], learned_at[name])}
+            name: {
+                **scores,
+                "learned_at": learned_at[name],
+                "delta": accuracy_delta(scores["accuracy"], learned_at[name]),
+            }
             for name, scores in self.probes.items()
         }
         probe_delta = float(np.mean([t["delta"] for t in tasks.values()])) if tasks else float("nan")
@@ -93,26 +102,48 @@ class Evaluator:
     def evaluate_seed(self, seed: int, tracker: Tracker) -> SeedEvaluation:
         """Rows 0..n of the results matrix and probe scores after every stage for one seed."""
         n_sets = self.split.n_stages + 1
-        result = SeedEvaluation(_nan_square(n_sets), _nan_square(n_sets), _nan_square(n_sets), [],
-                                {t.name: {"accuracy": [], "macro_f1": [], "knn_accuracy": []}
-                                 for t in self.split.tasks})
+        result = SeedEvaluation(
+            _nan_square(n_sets),
+            _nan_square(n_sets),
+            _nan_square(n_sets),
+            [],
+            {t.name: {"accuracy": [], "macro_f1": [], "knn_accuracy": []} for t in self.split.tasks},
+        )
         expected = run_fingerprint(self.config, self.strategy, seed, self.vocab, self.split)
         cfg = self.config.evaluate
         for stage in range(n_sets):
             payload = load_checkpoint(stage_path(self.checkpoints / f"seed_{seed}", stage), expected)
             model = load_stage_model(payload, self.device)
-            row = regression_row(model, self.builder, self.eval_rows, stage, self.pass_seeds, cfg.batch_size,
-                                 self.config.train.mask_fraction, self.max_seq, self.device)
+            row = regression_row(
+                model,
+                self.builder,
+                self.eval_rows,
+                stage,
+                self.pass_seeds,
+                cfg.batch_size,
+                self.config.train.mask_fraction,
+                self.max_seq,
+                self.device,
+            )
             result.mse[stage, : stage + 1] = row.mse
             result.mse_per_gene[stage, : stage + 1] = row.mse_per_gene
             result.pearson[stage, : stage + 1] = row.pearson
             result.seen_mse.append(row.seen_mse)
-            stage_metrics = {f"mse_{name}": value for name, value in zip(self.split.set_names, row.mse)}
-            stage_metrics |= {f"pearson_{name}": v for name, v in zip(self.split.set_names, row.pearson)}
+            known_sets = self.split.set_names[: stage + 1]
+            stage_metrics = {f"mse_{name}": value for name, value in zip(known_sets, row.mse, strict=True)}
+            stage_metrics |= {f"pearson_{n}": v for n, v in zip(known_sets, row.pearson, strict=True)}
             stage_metrics["mse_seen"] = row.seen_mse
             for task in self.split.tasks:
-                embeddings = cell_embeddings(model, self.builder, task_rows(task), stage, cfg.seed,
-                                             cfg.batch_size, self.max_seq, self.device)
+                embeddings = cell_embeddings(
+                    model,
+                    self.builder,
+                    task_rows(task),
+                    stage,
+                    cfg.seed,
+                    cfg.batch_size,
+                    self.max_seq,
+                    self.device,
+                )
                 probe = fit_probes(embeddings, task, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed)
                 scores = result.probes[task.name]
                 for key in ("accuracy", "macro_f1", "knn_accuracy"):
@@ -134,8 +165,11 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
             warnings.simplefilter("ignore", RuntimeWarning)
             regression[key] = np.nanmean(stack, axis=0)
             if key == "matrix":
-                regression["matrix_std"] = (np.nanstd(stack, axis=0, ddof=1) if len(seeds) > 1
-                                            else np.where(np.isnan(stack[0]), np.nan, 0.0))
+                regression["matrix_std"] = (
+                    np.nanstd(stack, axis=0, ddof=1)
+                    if len(seeds) > 1
+                    else np.where(np.isnan(stack[0]), np.nan, 0.0)
+                )
     for name in ("delta", "base_delta", "bwt", "forgetting", "final_mse", "plasticity", "intransigence"):
         mean, std = mean_std([s["regression"][name] for s in seeds])
         regression |= {name: mean, f"{name}_mean": mean, f"{name}_std": std}
@@ -149,7 +183,10 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
         mean, std = mean_std([s["probe"]["tasks"][name]["delta"] for s in seeds])
         tasks[name] = task | {"delta": mean, "delta_mean": mean, "delta_std": std}
     mean, std = mean_std([s["probe"]["delta"] for s in seeds])
-    return {"regression": regression, "probe": {"tasks": tasks, "delta": mean, "delta_mean": mean, "delta_std": std}}
+    return {
+        "regression": regression,
+        "probe": {"tasks": tasks, "delta": mean, "delta_mean": mean, "delta_std": std},
+    }
 
 
 def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
@@ -161,14 +198,19 @@ def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
 
 
-def seed_artifacts(strategy: str, seed: int, summary: dict[str, Any], set_names: list[str], out_dir: Path) -> list[Path]:
+def seed_artifacts(
+    strategy: str, seed: int, summary: dict[str, Any], set_names: list[str], out_dir: Path
+) -> list[Path]:
     """Files for the seed's parent run: its metrics JSON, its ``R`` heatmap and forgetting curves."""
     from gil.files import write_json
     from gil.report import plot_forgetting_curves, plot_results_matrix
 
     document = _clean({"strategy": strategy, "gene_sets": set_names, **summary})
-    paths = [out_dir / f"metrics_{strategy}_seed{seed}.json", out_dir / f"R_{strategy}_seed{seed}.png",
-             out_dir / f"forgetting_{strategy}_seed{seed}.png"]
+    paths = [
+        out_dir / f"metrics_{strategy}_seed{seed}.json",
+        out_dir / f"R_{strategy}_seed{seed}.png",
+        out_dir / f"forgetting_{strategy}_seed{seed}.png",
+    ]
     write_json(paths[0], document)
     plot_results_matrix(document, paths[1])
     plot_forgetting_curves({strategy: document}, paths[2])
@@ -193,7 +235,8 @@ def evaluate_strategy(
     learned_at = {task.name: task.learned_at for task in split.tasks}
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in config.train.seeds:
-        tracker.begin_run(strategy, seed, run_params(config, strategy), tags or {}, resume=True)
+        run_tags = {**(tags or {}), **evaluation_tags(config)}
+        tracker.begin_run(strategy, seed, run_params(config, strategy), run_tags, resume=True)
         try:
             summary = evaluator.evaluate_seed(seed, tracker).summary(learned_at)
             per_seed[str(seed)] = summary

@@ -17,10 +17,17 @@ import yaml
 def git_commit(cwd: Path | str = ".") -> str:
     """The current commit (with ``-dirty`` when the work tree has changes), or ``unknown``."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -48,7 +55,9 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def lineage_tags(data_path: Path, processed_dir: Path, split_dir: Path, lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+def lineage_tags(
+    data_path: Path, processed_dir: Path, split_dir: Path, lock_path: Path = Path("dvc.lock")
+) -> dict[str, str]:
     """Tags naming the commit and the DVC hashes of the raw data, processed data and split."""
     recorded = _dvc_lock_hashes(lock_path)
     tags = {"git.commit": git_commit()}

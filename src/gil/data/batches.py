@@ -7,7 +7,8 @@ one sort), pad to the longest cell of the batch (not to ``max_seq``), and mask.
 
 Sampling follows the paper: when a cell has more than ``max_seq`` allowed genes, half of the cells
 sample uniformly and half proportionally to expression (weighted sampling without replacement by
-Efraimidis-Spirakis keys ``log(u) / w``). Masking draws one uniform number per (cell, gene) entry and
+Efraimidis-Spirakis keys ``log(u) / w``); the top keys of each cell are ranked by one row-wise
+sort of a ``[cells, longest]`` array (see :func:`_top_per_segment`). Masking draws one uniform number per (cell, gene) entry and
 masks it when the number is below ``mask_fraction``; the ``<cls>`` and pad positions are never masked.
 
 Evaluation batches sample their genes among *all* of a cell's genes with a fixed seed and only then
@@ -106,7 +107,7 @@ class BatchBuilder:
         segment, tokens, sets, values, mask_draws = (
             segment[keep], tokens[keep], sets[keep], values[keep], mask_draws[keep]
         )
-        _, rank = _top_per_segment(segment, np.zeros(len(segment)), len(segment) + 1)
+        rank = _rank_in_segment(segment)
         return _pad(rows, segment, rank, tokens, sets, values, mask_draws < mask_fraction)
 
 
@@ -117,13 +118,36 @@ def _sampling_keys(uniform: np.ndarray, values: np.ndarray, weighted: np.ndarray
 
 
 def _top_per_segment(segment: np.ndarray, keys: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep mask of the ``limit`` largest keys of every segment, and each entry's rank in it."""
-    order = np.lexsort((-keys, segment))
-    sorted_segments = segment[order]
-    first = np.searchsorted(sorted_segments, sorted_segments, side="left")
+    """Keep mask of the ``limit`` largest keys of every segment, and each entry's rank in it.
+
+    ``segment`` must be non-decreasing (entries grouped by cell, as :meth:`BatchBuilder._gather`
+    yields them). Why not one ``np.lexsort((-keys, segment))`` (the reference, ~10x slower): each
+    cell's keys sit in one row of a ``[cells, longest]`` array padded with ``+inf``, ranked by numpy's
+    SIMD quicksort. Quicksort is not stable, so when a row holds equal keys (practically never with
+    random keys) the batch is re-ranked with a stable sort: the ranks always equal the reference's
+    (descending keys, ties in entry order).
+    """
+    n_cells = int(segment[-1]) + 1 if len(segment) else 0
+    counts = np.bincount(segment, minlength=n_cells)
+    starts = np.cumsum(counts) - counts
+    column = np.arange(len(segment)) - starts[segment]
+    padded = np.full((n_cells, int(counts.max(initial=0))), np.inf)
+    padded[segment, column] = -keys
+    column_index = np.arange(padded.shape[1])
+    valid = column_index[None, :] < counts[:, None]
+    order = np.argsort(padded, axis=1)
+    ranked = np.take_along_axis(padded, order, axis=1)
+    if np.any((ranked[:, 1:] == ranked[:, :-1]) & valid[:, 1:]):
+        order = np.argsort(padded, axis=1, kind="stable")
     rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys)) - first
+    rank[(starts[:, None] + order)[valid]] = np.broadcast_to(column_index, padded.shape)[valid]
     return rank < limit, rank
+
+
+def _rank_in_segment(segment: np.ndarray) -> np.ndarray:
+    """Each entry's position within its segment (``segment`` non-decreasing): no sort needed."""
+    counts = np.bincount(segment)
+    return np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def _pad(

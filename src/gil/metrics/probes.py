@@ -59,7 +59,9 @@ def fit_probes(embeddings: np.ndarray, task: Task, c_grid: list[float], knn_k: i
     a, b = len(task.train), len(task.train) + len(task.val)
     y_train, y_val, y_test = task.split_targets()
     scaler = StandardScaler().fit(embeddings[:a])
-    x_train, x_val, x_test = (scaler.transform(part) for part in (embeddings[:a], embeddings[a:b], embeddings[b:]))
+    x_train, x_val, x_test = (
+        scaler.transform(part) for part in (embeddings[:a], embeddings[a:b], embeddings[b:])
+    )
     best: tuple[float, float, LogisticRegression] | None = None
     for c in c_grid:
         with warnings.catch_warnings():
@@ -71,7 +73,9 @@ def fit_probes(embeddings: np.ndarray, task: Task, c_grid: list[float], knn_k: i
     assert best is not None
     predicted = best[2].predict(x_test)
     k = min(knn_k, len(y_train) + len(y_val))
-    knn = KNeighborsClassifier(n_neighbors=k).fit(np.vstack([x_train, x_val]), np.concatenate([y_train, y_val]))
+    knn = KNeighborsClassifier(n_neighbors=k).fit(
+        np.vstack([x_train, x_val]), np.concatenate([y_train, y_val])
+    )
     return ProbeResult(
         accuracy=float(accuracy_score(y_test, predicted)),
         macro_f1=float(f1_score(y_test, predicted, average="macro", zero_division=0)),

@@ -61,9 +61,13 @@ def regression_row(
     for pass_seed in seeds:
         for start in range(0, len(rows), batch_size):
             batch_seed = [pass_seed, start]
-            batch = builder.evaluation_batch(rows[start : start + batch_size], stage,
-                                             int(np.random.SeedSequence(batch_seed).generate_state(1)[0]),
-                                             mask_fraction, max_seq).to(device)
+            batch = builder.evaluation_batch(
+                rows[start : start + batch_size],
+                stage,
+                int(np.random.SeedSequence(batch_seed).generate_state(1)[0]),
+                mask_fraction,
+                max_seq,
+            ).to(device)
             output = model(batch.genes, batch.values, batch.padding)
             masked = batch.masked
             pred = output.mlm[masked].double().cpu().numpy()
@@ -73,7 +77,9 @@ def regression_row(
             err = (pred - true) ** 2
             sse_per_token += np.bincount(tokens, weights=err, minlength=len(sse_per_token))
             n_per_token += np.bincount(tokens, minlength=len(n_per_token))
-            for column, stat in enumerate((np.ones_like(err), err, pred, true, pred**2, true**2, pred * true)):
+            for column, stat in enumerate(
+                (np.ones_like(err), err, pred, true, pred**2, true**2, pred * true)
+            ):
                 moments[:, column] += np.bincount(sets, weights=stat, minlength=n_sets)[:n_sets]
     set_of_token = builder.set_of_token
     mse, per_gene, pearson = [], [], []
@@ -82,7 +88,9 @@ def regression_row(
         mse.append(float(moments[gene_set, 1] / n) if n else float("nan"))
         pearson.append(_pearson(*moments[gene_set, [0, 2, 3, 4, 5, 6]]) if n > 1 else float("nan"))
         scored = (set_of_token == gene_set) & (n_per_token > 0)
-        per_gene.append(float(np.mean(sse_per_token[scored] / n_per_token[scored])) if scored.any() else float("nan"))
+        per_gene.append(
+            float(np.mean(sse_per_token[scored] / n_per_token[scored])) if scored.any() else float("nan")
+        )
     total = moments[:, 0].sum()
     return RegressionRow(
         mse=mse,

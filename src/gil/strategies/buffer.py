@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def balanced_sample(rows: np.ndarray, labels: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+def balanced_sample(
+    rows: np.ndarray, labels: np.ndarray | None, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` rows (or all if fewer), spread as evenly as possible over ``labels``; sorted."""
     rows = np.asarray(rows)
     if n >= len(rows):

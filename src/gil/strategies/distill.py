@@ -50,7 +50,9 @@ class Distill(Strategy):
         positions = known_positions(batch, known) & batch.masked
         terms = {"distill": self.params.lam * distillation_loss(output.mlm, target.mlm, positions)}
         if self.params.cls_weight > 0:
-            terms["distill_cls"] = self.params.cls_weight * torch.nn.functional.mse_loss(output.cell, target.cell)
+            terms["distill_cls"] = self.params.cls_weight * torch.nn.functional.mse_loss(
+                output.cell, target.cell
+            )
         return terms
 
     def after_stage(self, ctx: StageContext) -> None:

@@ -42,7 +42,9 @@ class Ewc(Strategy):
 
     def after_stage(self, ctx: StageContext) -> None:
         rng = np.random.default_rng([self.params.seed, ctx.stage])
-        rows = shuffled_batches(ctx.cells_of_stage(ctx.stage), ctx.batch_size, rng)[: self.params.fisher_batches]
+        rows = shuffled_batches(ctx.cells_of_stage(ctx.stage), ctx.batch_size, rng)[
+            : self.params.fisher_batches
+        ]
         batches = (ctx.builder.training_batch(r, rng, ctx.mask_fraction).to(ctx.device) for r in rows)
         ctx.model.train()
         new = fisher_diagonal(ctx.model, batches, lambda b: ctx.task_loss(b, ctx.forward(b)))

@@ -42,7 +42,9 @@ class Replay(Strategy):
         n_replay = max(1, round(self.params.mix * ctx.batch_size))
         batches = shuffled_batches(current, max(ctx.batch_size - n_replay, 1), rng)
         replace = len(self.buffer) < n_replay
-        return [np.concatenate([rows, rng.choice(self.buffer, n_replay, replace=replace)]) for rows in batches]
+        return [
+            np.concatenate([rows, rng.choice(self.buffer, n_replay, replace=replace)]) for rows in batches
+        ]
 
     def after_stage(self, ctx: StageContext) -> None:
         new_rows = ctx.cells_of_stage(ctx.stage)
@@ -50,8 +52,15 @@ class Replay(Strategy):
         labels = None if label is None else ctx.cells[label].to_numpy()
         rng = np.random.default_rng([self.params.seed, ctx.stage])
         self.buffer = update_buffer(
-            self.buffer, ctx.cell_stages[self.buffer], new_rows, ctx.stage, self.n_seen,
-            self.params.buffer_size, self.params.policy, labels, rng,
+            self.buffer,
+            ctx.cell_stages[self.buffer],
+            new_rows,
+            ctx.stage,
+            self.n_seen,
+            self.params.buffer_size,
+            self.params.policy,
+            labels,
+            rng,
         )
         self.n_seen += len(new_rows)
 

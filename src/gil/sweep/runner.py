@@ -69,6 +69,8 @@ FAIL_ONCE_ENV = "GIL_SWEEP_TEST_FAIL_ONCE"
 """Tests only: a path; the first trial to finish stage 1 creates it and raises (to test retries)."""
 
 _ROWS_FILE = "rows.json"
+_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 # --- the trial (runs in a Ray worker) ----------------------------------------------------------
@@ -258,10 +260,15 @@ def _ray_session(address: str) -> Iterator[None]:
     if address == "local":
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
+        if _AUTH_MODE_ENV not in os.environ and _AUTH_TOKEN_FILE.is_file():
+            # Ray 2.60 heads use token auth by default, but a driver given an explicit address
+            # only sends the token (~/.ray/auth_token) in token mode.
+            os.environ[_AUTH_MODE_ENV] = "token"
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError) as error:
-            raise GilError(f"cannot connect to the Ray cluster at {address!r}: {error}") from None
+            raise GilError(f"cannot connect to the Ray cluster at {address!r} ({error}); is `ray start "
+                           f"--head` running there, and is {_AUTH_MODE_ENV} the same as on the head?") from None
     try:
         yield
     finally:
