@@ -206,6 +206,20 @@ def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -
     }
 
 
+def test_a_failed_rerun_leaves_the_last_good_run_current(sqlite_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    good = record_run(tracker, "ewc", 0, {"forgetting": 0.3})
+    tracker.begin_run("ewc", 0, {"lr": 0.001}, {}, resume=False)
+    failed = tracker.parent_run_id
+    tracker.end_run("FAILED")
+    assert tracker.client.get_run(good).data.tags["gil.superseded"] == "false"
+    assert tracker.client.get_run(failed).info.status == "FAILED"
+    retried = record_run(tracker, "ewc", 0, {"forgetting": 0.25})
+    assert tracker.client.get_run(good).data.tags["gil.superseded"] == "true"
+    assert tracker.client.get_run(failed).data.tags["gil.superseded"] == "true"
+    assert tracker.client.get_run(retried).data.tags["gil.superseded"] == "false"
+
+
 def test_resume_without_an_earlier_run_creates_one(sqlite_uri: str, experiment: str) -> None:
     tracker = MlflowTracker(sqlite_uri, experiment)
     with tracker:

@@ -99,6 +99,13 @@ class Evaluator:
         self.eval_rows = split.cells_of_stage(EVAL_STAGE)
         self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
 
+    def check_checkpoints(self) -> None:
+        """Refuse missing, corrupt or stale checkpoints of any seed before anything is tracked."""
+        for seed in self.config.train.seeds:
+            expected = run_fingerprint(self.config, self.strategy, seed, self.vocab, self.split)
+            for stage in range(self.split.n_stages + 1):
+                load_checkpoint(stage_path(self.checkpoints / f"seed_{seed}", stage), expected, mmap=True)
+
     def evaluate_seed(self, seed: int, tracker: Tracker) -> SeedEvaluation:
         """Rows 0..n of the results matrix and probe scores after every stage for one seed."""
         n_sets = self.split.n_stages + 1
@@ -232,6 +239,7 @@ def evaluate_strategy(
     """
     tracker = tracker or NullTracker()
     evaluator = Evaluator(config, strategy, data, split, checkpoints)
+    evaluator.check_checkpoints()
     learned_at = {task.name: task.learned_at for task in split.tasks}
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in config.train.seeds:

@@ -11,8 +11,9 @@ Run layout (one MLflow experiment per benchmark, ``tracking.experiment`` or the 
   ``gil.stage`` and ``mlflow.parentRunId``; step metrics and the stage's model go there. The model
   is registered as a version of ``gil-<experiment>-<strategy>`` with tags ``stage`` and ``seed``.
 
-Re-runs: ``begin_run(resume=False)`` always creates a fresh parent and tags every earlier parent
-with the same (strategy, seed, config hash) ``gil.superseded=true`` (earlier parents still RUNNING,
+Re-runs: ``begin_run(resume=False)`` always creates a fresh parent; when it finishes, every earlier
+parent with the same (strategy, seed, config hash) is tagged ``gil.superseded=true`` (a failed rerun
+supersedes nothing, so the last good run stays current; earlier parents still RUNNING,
 whose process died, are also marked KILLED). Why tags rather than deleting runs: history stays
 inspectable and nothing is lost, while ``tags.gil.superseded != 'true'`` in the UI's search box
 (or :mod:`gil.tracking.leaderboard`) shows only the current runs. Every parent is created with
@@ -125,6 +126,7 @@ class MlflowTracker:
         self.experiment_id = _ensure_experiment(self.client, experiment, uri)
         self._parent: Run | None = None
         self._stage: int | None = None
+        self._identity: dict[str, str] = {}
 
     # --- context manager -------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class MlflowTracker:
             TAG_CONFIG_HASH: config_hash(params),
         }
         current = self._search({**identity, TAG_SUPERSEDED: "false"}, order_by=["attributes.start_time DESC"])
+        self._identity = identity
         if resume and current:
             self._parent = mlflow.start_run(run_id=current[0].info.run_id, tags=tags)
             return
@@ -176,7 +179,8 @@ class MlflowTracker:
             params=[Param(key, _param_value(value)) for key, value in params.items()],
         )  # log_batch splits into MLflow's 100-per-request batches itself
         for earlier in current:
-            self._supersede(earlier)
+            if earlier.info.status == "RUNNING":  # its process died: it will never finish
+                self._supersede(earlier)
 
     def begin_stage(self, stage: int) -> None:
         """Open the nested run of ``stage`` (reopened when it exists, e.g. in the evaluation)."""
@@ -278,7 +282,16 @@ class MlflowTracker:
         self.client.log_inputs(self.parent_run_id, datasets=[dataset_input])
 
     def end_run(self, status: Literal["FINISHED", "FAILED"] = "FINISHED") -> None:
-        """Close the open stage run and the parent run with ``status``."""
+        """Close the open stage run and the parent run with ``status``.
+
+        Only a run that finishes supersedes the earlier runs of its identity: a rerun that fails
+        leaves the last good run current (and itself FAILED, so it never looks complete).
+        """
+        if status == "FINISHED" and self._parent is not None:
+            own = self.parent_run_id
+            for earlier in self._search({**self._identity, TAG_SUPERSEDED: "false"}):
+                if earlier.info.run_id != own:
+                    self._supersede(earlier)
         self._close(status)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -325,4 +338,11 @@ def open_tracker(config: TrackingConfig, experiment_default: str) -> Tracker:
             raise
         warnings.warn(f"{error}; tracking is disabled for this run", stacklevel=2)
         return NullTracker()
-    return MlflowTracker(uri, config.experiment or experiment_default, config.register_models)
+    try:
+        return MlflowTracker(uri, config.experiment or experiment_default, config.register_models)
+    except MlflowException as error:
+        first_line = str(error).split(";")[0].split("\n")[0]
+        raise GilError(
+            f"tracking.uri {uri!r} cannot be used ({first_line}); use sqlite:///PATH, http(s)://HOST:PORT "
+            "or a database URI, or set tracking.enabled: false"
+        ) from None

@@ -47,12 +47,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT_VERSION, **payload}, tmp)
 
 
-def load_checkpoint(path: Path, expected_fingerprint: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint safely; refuse corrupt ones and ones made under a different config."""
+def load_checkpoint(path: Path, expected_fingerprint: str | None = None, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely; refuse corrupt ones and ones made under a different config.
+
+    ``mmap`` maps the tensors instead of reading them: a cheap check that a checkpoint is usable.
+    """
     if not path.is_file():
         raise GilError(f"checkpoint {path} not found; train first (`gil train` or `dvc repro`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise GilError(
             f"checkpoint {path} is unreadable or not a gil checkpoint ({type(error).__name__}); "
