@@ -29,18 +29,22 @@ the open runs FAILED instead of leaving them RUNNING or looking complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from types import TracebackType
+from collections.abc import Callable
 from typing import Any, Literal
 
 import mlflow
 import mlflow.pytorch
+import requests
 import torch
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run
@@ -114,10 +118,44 @@ def _ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return experiment.experiment_id
 
 
+class TrackingUnavailable(GilError):
+    """The tracking backend failed while a run was being recorded."""
+
+
+_HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a failure of the tracking backend into one clear :class:`TrackingUnavailable` line."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException) as error:
+            first_line = (
+                str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            )
+            raise TrackingUnavailable(
+                f"MLflow tracking at {self.uri} failed during {method.__name__} ({first_line}); the checkpoints "
+                "written so far are kept: restore the server and rerun the same command to resume"
+            ) from None
+
+    return wrapper
+
+
 class MlflowTracker:
-    """Records parent and stage runs, models and summaries in MLflow (see the module docstring)."""
+    """Records parent and stage runs, models and summaries in MLflow (see the module docstring).
+
+    Every method that talks to the backend raises :class:`TrackingUnavailable` when it fails; HTTP
+    retries default to 4 with a backoff factor of 1 s (about 15 s in all) unless the
+    ``MLFLOW_HTTP_REQUEST_*`` variables say otherwise, so a server that went away is reported
+    within seconds rather than minutes.
+    """
 
     def __init__(self, uri: str, experiment: str, register_models: bool = True) -> None:
+        for name, value in _HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         mlflow.set_tracking_uri(uri)
         self.uri = uri
         self.experiment = experiment
@@ -152,6 +190,7 @@ class MlflowTracker:
         """The open parent run's id (for tests, and for logging from other processes)."""
         return self._require_parent().info.run_id
 
+    @_reported
     def begin_run(
         self, strategy: str, seed: int, params: dict[str, Any], tags: dict[str, str], resume: bool
     ) -> None:
@@ -168,6 +207,7 @@ class MlflowTracker:
         self._identity = identity
         if resume and current:
             self._parent = mlflow.start_run(run_id=current[0].info.run_id, tags=tags)
+            self._close_orphan_stages()
             return
         self._parent = mlflow.start_run(
             experiment_id=self.experiment_id,
@@ -182,6 +222,7 @@ class MlflowTracker:
             if earlier.info.status == "RUNNING":  # its process died: it will never finish
                 self._supersede(earlier)
 
+    @_reported
     def begin_stage(self, stage: int) -> None:
         """Open the nested run of ``stage`` (reopened when it exists, e.g. in the evaluation)."""
         parent = self._require_parent()
@@ -205,11 +246,13 @@ class MlflowTracker:
             )
         self._stage = stage
 
+    @_reported
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log ``metrics`` at ``step`` on the open stage run, else on the parent run."""
         self._require_parent()
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
 
+    @_reported
     def log_stage_model(self, stage: int, model: torch.nn.Module, vocabulary: list[str]) -> None:
         """Log the model of ``stage`` on its stage run, with ``vocabulary.json``, and register it.
 
@@ -244,12 +287,14 @@ class MlflowTracker:
             for key, value in {"stage": str(stage), "seed": parent_tags[TAG_SEED]}.items():
                 self.client.set_model_version_tag(registered, version, key, value)
 
+    @_reported
     def end_stage(self) -> None:
         """Close the open stage run (FINISHED)."""
         if self._stage is not None:
             mlflow.end_run("FINISHED")
             self._stage = None
 
+    @_reported
     def log_summary(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
         """Log summary metrics and artifact files (or directories) on the parent run."""
         run_id = self.parent_run_id
@@ -263,6 +308,7 @@ class MlflowTracker:
             else:
                 self.client.log_artifact(run_id, str(artifact))
 
+    @_reported
     def log_dataset(
         self, name: str, source_path: Path | str, digest: str, n_cells: int, n_genes: int
     ) -> None:
@@ -281,6 +327,7 @@ class MlflowTracker:
         dataset_input = DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])
         self.client.log_inputs(self.parent_run_id, datasets=[dataset_input])
 
+    @_reported
     def end_run(self, status: Literal["FINISHED", "FAILED"] = "FINISHED") -> None:
         """Close the open stage run and the parent run with ``status``.
 
@@ -314,6 +361,13 @@ class MlflowTracker:
         """Active runs of this experiment whose tags equal ``tags``."""
         condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
         return list(self.client.search_runs([self.experiment_id], condition, order_by=order_by))
+
+    def _close_orphan_stages(self) -> None:
+        """Mark KILLED the stage runs of the reopened parent left RUNNING by a process that died."""
+        children = self._search({TAG_PARENT: self.parent_run_id})
+        for child in children:
+            if child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, "KILLED")
 
     def _supersede(self, run: Run) -> None:
         self.client.set_tag(run.info.run_id, TAG_SUPERSEDED, "true")
