@@ -211,6 +211,10 @@ CASES: dict[str, tuple[Case, list[str]]] = {
         _train(_set("strategies.distill.lamda", 1.0), "distill"),
         ["strategies.distill.lamda"],
     ),
+    "strategy_unknown_balance_label": (
+        _train(_set("strategies.replay.balance_label", "tissue"), "replay"),
+        ["balance_label 'tissue'"],
+    ),
     "train_unknown_strategy_name": (_train(lambda raw: None, "nosuch"), ["unknown strategy 'nosuch'"]),
     # checkpoints
     "checkpoint_other_config": (_train(_set("train.lr", 0.05)), ["different config"]),

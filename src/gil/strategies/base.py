@@ -4,6 +4,7 @@ Why this shape (learned from Avalanche, Mammoth and scvi-tools): the trainer own
 optimizer step, so strategies can be combined; strategies return *named* extra loss terms instead of
 mutating shared state, and the trainer sums and logs them by name. Order of calls in stage ``k``:
 
+0. ``check_inputs(cells)`` once, when the trainer is built, before any run is opened;
 1. ``before_stage(ctx)``: the model still holds the weights (and vocabulary) of stage ``k-1``;
 2. the trainer grows the vocabulary with the genes of ``Tk`` and creates a fresh optimizer;
 3. every epoch, ``epoch_batches(ctx, rng)`` gives the cell rows of each batch (replay mixes its
@@ -69,6 +70,9 @@ class Strategy:
 
     def __init__(self, params: BaseModel):
         self.params = params
+
+    def check_inputs(self, cells: pd.DataFrame) -> None:
+        """Raise :class:`gil.errors.GilError` if the data cannot serve this strategy (before any work)."""
 
     def before_stage(self, ctx: StageContext) -> None:
         """Called with the previous stage's model, before the vocabulary grows."""

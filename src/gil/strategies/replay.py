@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 
+from gil.errors import GilError
 from gil.strategies.base import StageContext, Strategy, shuffled_batches
 from gil.strategies.buffer import update_buffer
 
@@ -34,6 +36,14 @@ class Replay(Strategy):
         super().__init__(params)
         self.buffer = np.zeros(0, dtype=np.int64)
         self.n_seen = 0
+
+    def check_inputs(self, cells: pd.DataFrame) -> None:
+        label = self.params.balance_label
+        if label is not None and label not in cells.columns:
+            raise GilError(
+                f"replay balance_label {label!r} is not a cell label column (have {list(cells.columns)}); "
+                "add it to dataset.label_columns and rerun `gil prepare`, or set balance_label: null"
+            )
 
     def epoch_batches(self, ctx: StageContext, rng: np.random.Generator) -> list[np.ndarray]:
         current = ctx.cells_of_stage(ctx.stage)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 
@@ -37,6 +38,9 @@ class ReplayDistill(Strategy):
         replay_keys = Replay.Params.model_fields
         self.replay = Replay(Replay.Params(**params.model_dump(include=set(replay_keys))))
         self.distill = Distill(Distill.Params(lam=params.lam, cls_weight=params.cls_weight))
+
+    def check_inputs(self, cells: pd.DataFrame) -> None:
+        self.replay.check_inputs(cells)
 
     def before_stage(self, ctx: StageContext) -> None:
         self.distill.before_stage(ctx)

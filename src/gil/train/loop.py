@@ -132,6 +132,7 @@ class StageTrainer:
             if self.strategy_name is not None
             else Strategy(Strategy.Params())
         )
+        self.strategy.check_inputs(self.data.cells)
         self.model = build_model(self.config, self.vocab, self.seed).to(self.device)
 
     # -- one stage -------------------------------------------------------------------------
