@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,12 +44,23 @@ def _config(tiny_params: dict, tmp_path: Path, tracking: bool = True, **sweep: o
     params["strategies"] = {"replay": {"kind": "replay", "buffer_size": 20, "mix": 0.25}}
     params["evaluate"] = {"seed": 7, "repeats": 1, "batch_size": 64}
     params["tracking"] = (
-        {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "experiment": "sweep-test",
-         "register_models": False}
-        if tracking else {"enabled": False}
+        {
+            "enabled": True,
+            "uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+            "experiment": "sweep-test",
+            "register_models": False,
+        }
+        if tracking
+        else {"enabled": False}
     )
-    params["sweep"] = {"seed": 0, "num_samples": 4, "max_concurrent": 2, "max_failures": 2,
-                       "spaces": {"replay": SPACE}, **sweep}
+    params["sweep"] = {
+        "seed": 0,
+        "num_samples": 4,
+        "max_concurrent": 2,
+        "max_failures": 2,
+        "spaces": {"replay": SPACE},
+        **sweep,
+    }
     return config_from_dict(params)
 
 
@@ -63,15 +75,23 @@ def _config(tiny_params: dict, tmp_path: Path, tracking: bool = True, **sweep: o
         ({"train.lr": {"uniform": [0.2, 0.1]}}, r"'train.lr'.*needs finite low < high"),
         ({"train.lr": {"normal": [0.1, 0.2]}}, r"'train.lr'.*expected one of"),
         ({"train.epochs_per_stage": {"int": [1.5, 4]}}, r"bounds must be integers"),
-        ({"strategies.replay.mixx": {"uniform": [0.1, 0.2]}}, r"'mixx' is not a parameter of strategy 'replay'"),
+        (
+            {"strategies.replay.mixx": {"uniform": [0.1, 0.2]}},
+            r"'mixx' is not a parameter of strategy 'replay'",
+        ),
         ({"strategies.distill.lam": {"uniform": [0.1, 0.2]}}, r"expected strategies.replay.<parameter>"),
-        ({"strategies.replay.mix": {"uniform": [0.1, 1.5]}}, r"'strategies.replay.mix'.*value 1.5 is not accepted"),
+        (
+            {"strategies.replay.mix": {"uniform": [0.1, 1.5]}},
+            r"'strategies.replay.mix'.*value 1.5 is not accepted",
+        ),
         ({"split.seed": {"int": [0, 3]}}, r"only keys under train, model, strategies"),
         ({"train": {"uniform": [0.1, 0.2]}}, r"'train'.*not a single value"),
         ({}, r"sweep.spaces.replay: no search space"),
     ],
 )
-def test_bad_sweep_spaces_fail_naming_the_key(tiny_params: dict, tmp_path: Path, space: dict, message: str) -> None:
+def test_bad_sweep_spaces_fail_naming_the_key(
+    tiny_params: dict, tmp_path: Path, space: dict, message: str
+) -> None:
     config = _config(tiny_params, tmp_path, spaces={"replay": space})
     with pytest.raises(GilError, match=message):
         strategy_space(config, load_sweep_config(config), "replay")
@@ -108,19 +128,40 @@ def test_objective_of_partial_results_matrices() -> None:
     assert Objective(kind="pareto").metrics == ["forgetting", "plasticity"]
 
 
+PARAMS_YAML = """\
+# top comment
+dataset:
+  name: zeisel
+  counts_layer: null        # null: counts are in X
+split:
+  tasks:                    # a sequence, indented like the project's params.yaml
+    - name: neurons
+      values: [interneurons, pyramidal SS]
+train:
+  seeds: [0, 1, 2]
+  lr: 0.001
+strategies:
+  replay: {kind: replay, buffer_size: 200, policy: balanced, mix: 0.25}
+  ewc: {kind: ewc, lam: 100.0}
+sweep:
+  spaces:
+    replay: {"train.lr": {loguniform: [1e-4, 3e-3]}}
+"""
+
+
 def test_best_params_written_back_keep_the_rest_of_params_yaml(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    shutil.copy(Path(__file__).parents[1] / "params.yaml", path)
-    before = path.read_text().splitlines()
-    write_params_file(path, {"train.lr": 0.00042, "strategies.replay.mix": 0.3, "strategies.ewc.fisher_batches": 4})
-    after = path.read_text().splitlines()
-    changed = [(old, new) for old, new in zip(before, after, strict=False) if old != new]
-    assert [new.strip() for _, new in changed] == [
+    path.write_text(PARAMS_YAML)
+    values = {"train.lr": 0.00042, "strategies.replay.mix": 0.3, "strategies.ewc.fisher_batches": 4}
+    write_params_file(path, values)
+    before, after = PARAMS_YAML.splitlines(), path.read_text().splitlines()
+    assert len(after) == len(before)
+    changed = [new.strip() for old, new in zip(before, after, strict=True) if old != new]
+    assert changed == [
         "lr: 0.00042",
         "replay: {kind: replay, buffer_size: 200, policy: balanced, mix: 0.3}",
         "ewc: {kind: ewc, lam: 100.0, fisher_batches: 4}",
     ]
-    assert len(after) == len(before) and "# null: plain log1p" in path.read_text()
 
 
 # --- real sweeps (slow) -----------------------------------------------------------------------------
@@ -146,8 +187,16 @@ def local_ray(_ray_teardown: None) -> None:
 def _sweep(config: Config, dirs: tuple[Path, Path], tmp_path: Path, **options: object) -> dict:
     from gil.sweep.runner import run_sweep
 
-    return run_sweep(config, "replay", dirs[0], dirs[1], storage_path=tmp_path / "ray_results",
-                     params_path=tmp_path / "params.yaml", report_dir=tmp_path / "reports", **options)
+    return run_sweep(
+        config,
+        "replay",
+        dirs[0],
+        dirs[1],
+        storage_path=tmp_path / "ray_results",
+        params_path=tmp_path / "params.yaml",
+        report_dir=tmp_path / "reports",
+        **options,
+    )
 
 
 @pytest.fixture
@@ -190,7 +239,11 @@ def _assert_one_child_per_trial(config: Config, summary: dict) -> tuple[object, 
 
 @pytest.mark.slow
 def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
-    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_ray: None,
+    dirs: tuple[Path, Path],
+    tiny_params: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from gil.sweep.runner import FAIL_ONCE_ENV
 
@@ -200,7 +253,9 @@ def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
     summary = _sweep(config, dirs, tmp_path)
 
     assert marker.exists()  # one trial crashed after stage 1 ...
-    assert summary["n_trials"] == 4 and summary["n_failed"] == 0 and not summary["interrupted"]  # ... and recovered
+    assert (
+        summary["n_trials"] == 4 and summary["n_failed"] == 0 and not summary["interrupted"]
+    )  # ... and recovered
     client, parent, _ = _assert_one_child_per_trial(config, summary)
     best = summary["best"]
     assert best["complete"] and best["metrics"]["stage"] == N_STAGES
@@ -218,10 +273,13 @@ def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
 
 def _interrupt_after(storage: Path, finished: int) -> threading.Thread:
     """SIGUSR1 to this process (Ray Tune's graceful stop, like Ctrl-C) once ``finished`` trials are done."""
+
     def watch() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            done = [p for p in storage.glob("*/*/result.json") if f'"stage": {float(N_STAGES)}' in p.read_text()]
+            done = [
+                p for p in storage.glob("*/*/result.json") if f'"stage": {float(N_STAGES)}' in p.read_text()
+            ]
             if len(done) >= finished:
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return
@@ -268,8 +326,10 @@ def test_pareto_sweep_returns_the_non_dominated_trials(
     assert front and summary["best"] in front
     for point in front:
         for other in summary["trials"]:
-            assert not (other["metrics"]["forgetting"] < point["metrics"]["forgetting"]
-                        and other["metrics"]["plasticity"] < point["metrics"]["plasticity"])
+            assert not (
+                other["metrics"]["forgetting"] < point["metrics"]["forgetting"]
+                and other["metrics"]["plasticity"] < point["metrics"]["plasticity"]
+            )
     assert not (tmp_path / "mlruns").exists()  # tracking disabled: no MLflow at all
 
 
@@ -288,25 +348,54 @@ def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_
 
     port = free_port()
     ray_bin = Path(sys.executable).with_name("ray")
+    temp_dir = tempfile.mkdtemp(prefix="gil-ray-", dir="/tmp")  # Unix socket paths: at most 107 bytes
+    log = (tmp_path / "ray-head.log").open("wb")
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--port", str(port), "--temp-dir", str(tmp_path / "ray-tmp"),
-         "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false",
-         "--disable-usage-stats", "--block"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--temp-dir",
+            temp_dir,
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
         while not _port_open(port):  # the head is starting
-            assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+            assert head.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "ray-head.log"
+            ).read_text()
             time.sleep(0.5)
         config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
         summary = _sweep(config, dirs, tmp_path, address=f"127.0.0.1:{port}")
         assert summary["n_complete"] == 2 and math.isfinite(summary["best"]["metrics"]["score"])
         assert not ray.is_initialized()  # run_sweep left the cluster
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and every process it started
+        _stop_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, the process group of ``process`` (``ray start`` and what it started)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            head.wait(timeout=10)
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=10)
+            return
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+            continue

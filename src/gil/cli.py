@@ -274,6 +274,41 @@ def ui(
     run_ui(_config(params).tracking, host, port)
 
 
+@app.command()
+def sweep(
+    strategy: StrategyOption,
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = Path("data/processed"),
+    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    address: Annotated[
+        str, typer.Option(help="'local' (Ray on this machine), 'auto' or HOST:PORT of a running cluster.")
+    ] = "local",
+    num_samples: Annotated[int | None, typer.Option(help="Trials (default: sweep.num_samples).")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="Concurrent trials (default: sweep.max_concurrent).")
+    ] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial, fractions allowed.")] = None,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(help="GPUs per trial (default: a share of the cluster's GPUs, none if it has none)."),
+    ] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds for the whole sweep.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted sweep of this strategy.")] = False,
+    write_best: Annotated[
+        bool, typer.Option("--write-best/--no-write-best", help="Write the best values into the params file.")
+    ] = False,
+) -> None:
+    """Hyperparameter sweep of one strategy (Ray Tune + Optuna TPE + ASHA); best trial to reports/sweeps/."""
+    from gil.sweep.runner import sweep_command
+
+    config = _config(params)
+    _require_strategy(config, strategy)
+    typer.echo(
+        sweep_command(config, strategy, params, address, num_samples, max_concurrent, cpus_per_trial,
+                      gpus_per_trial, time_budget, resume, write_best, processed, split_dir)
+    )
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and exit status 2."""
     try:

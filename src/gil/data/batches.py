@@ -8,8 +8,9 @@ one sort), pad to the longest cell of the batch (not to ``max_seq``), and mask.
 Sampling follows the paper: when a cell has more than ``max_seq`` allowed genes, half of the cells
 sample uniformly and half proportionally to expression (weighted sampling without replacement by
 Efraimidis-Spirakis keys ``log(u) / w``); the top keys of each cell are ranked by one row-wise
-sort of a ``[cells, longest]`` array (see :func:`_top_per_segment`). Masking draws one uniform number per (cell, gene) entry and
-masks it when the number is below ``mask_fraction``; the ``<cls>`` and pad positions are never masked.
+sort of a ``[cells, longest]`` array (see :func:`_top_per_segment`). Masking draws one uniform
+number per (cell, gene) entry and masks it when the number is below ``mask_fraction``; the
+``<cls>`` and pad positions are never masked.
 
 Evaluation batches sample their genes among *all* of a cell's genes with a fixed seed and only then
 drop the genes not yet learned, so every stage's model sees the same gene samples and the same masks

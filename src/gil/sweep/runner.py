@@ -69,8 +69,18 @@ FAIL_ONCE_ENV = "GIL_SWEEP_TEST_FAIL_ONCE"
 """Tests only: a path; the first trial to finish stage 1 creates it and raises (to test retries)."""
 
 _ROWS_FILE = "rows.json"
-_AUTH_MODE_ENV = "RAY_AUTH_MODE"
-_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+_KEPT_METRICS = (
+    "stage",
+    "score",
+    "forgetting",
+    "final_mse",
+    "plasticity",
+    "delta",
+    "bwt",
+    "base_delta",
+    "time_total_s",
+)  # the last is Ray's: seconds the trial has run
+_KEPT_PREFIXES = ("mse_", "train_")
 
 
 # --- the trial (runs in a Ray worker) ----------------------------------------------------------
@@ -133,8 +143,9 @@ def _fail_once(marker: str | None) -> None:
     raise RuntimeError(f"injected trial failure ({FAIL_ONCE_ENV}={marker})")
 
 
-def _train_and_report(params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split,
-                      scratch: Path, run: Any) -> None:
+def _train_and_report(
+    params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split, scratch: Path, run: Any
+) -> None:
     from gil.evaluate import Evaluator
     from gil.metrics.regression import regression_row
     from gil.model import GeneTransformer
@@ -145,18 +156,39 @@ def _train_and_report(params: dict[str, Any], setup: _TrialSetup, data: Processe
     run_dir = scratch / "run"
     rows = _restore_rows(run_dir)
     last_epoch = _LastEpoch()
-    trainer = StageTrainer(config, setup.strategy, config.train.seeds[0], data, split, run_dir,
-                           tracker=last_epoch, progress=False)
+    trainer = StageTrainer(
+        config,
+        setup.strategy,
+        config.train.seeds[0],
+        data,
+        split,
+        run_dir,
+        tracker=last_epoch,
+        progress=False,
+    )
     evaluator = Evaluator(config, setup.strategy, data, split, run_dir)
 
     def report_stage(stage: int, model: GeneTransformer) -> None:
-        row = regression_row(model, evaluator.builder, evaluator.eval_rows, stage, evaluator.pass_seeds,
-                             config.evaluate.batch_size, config.train.mask_fraction, evaluator.max_seq,
-                             trainer.device)
+        row = regression_row(
+            model,
+            evaluator.builder,
+            evaluator.eval_rows,
+            stage,
+            evaluator.pass_seeds,
+            config.evaluate.batch_size,
+            config.train.mask_fraction,
+            evaluator.max_seq,
+            trainer.device,
+        )
         rows.append(row.mse)
-        metrics = {"stage": float(stage), **setup.objective.stage_metrics(rows), **last_epoch.latest,
-                   "mse_seen": row.seen_mse}
-        metrics |= {f"mse_{name}": value for name, value in zip(split.set_names, row.mse)}
+        metrics = {
+            "stage": float(stage),
+            **setup.objective.stage_metrics(rows),
+            **last_epoch.latest,
+            "mse_seen": row.seen_mse,
+        }
+        # row.mse covers the gene sets learned so far (0..stage), set_names all of them
+        metrics |= {f"mse_{name}": value for name, value in zip(split.set_names, row.mse, strict=False)}
         metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
         if run is not None:
             run.log_stage(stage, metrics)
@@ -188,8 +220,14 @@ def _trial(params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, spli
 
         context = tune.get_context()
         tracking = setup.tracking
-        run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id,
-                            context.get_trial_id(), context.get_trial_name(), params)
+        run = TrialRun.open(
+            tracking.uri,
+            tracking.experiment_id,
+            tracking.parent_run_id,
+            context.get_trial_id(),
+            context.get_trial_name(),
+            params,
+        )
     try:
         with tempfile.TemporaryDirectory(prefix="gil-trial-") as scratch:
             _train_and_report(params, setup, data, split, Path(scratch), run)
@@ -217,8 +255,14 @@ class _StageAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def _tune_config(sweep: SweepConfig, space: dict[str, Distribution], n_stages: int, num_samples: int,
-                 max_concurrent: int, time_budget_s: float | None) -> tune.TuneConfig:
+def _tune_config(
+    sweep: SweepConfig,
+    space: dict[str, Distribution],
+    n_stages: int,
+    num_samples: int,
+    max_concurrent: int,
+    time_budget_s: float | None,
+) -> tune.TuneConfig:
     import optuna
 
     objective = sweep.objective
@@ -232,14 +276,23 @@ def _tune_config(sweep: SweepConfig, space: dict[str, Distribution], n_stages: i
     )
     if objective.kind == "weighted" and sweep.scheduler == "asha":
         max_t = n_stages + 1  # training_iteration after the last stage
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="min", max_t=max_t,
-                                  grace_period=min(sweep.grace_stages, max_t),
-                                  reduction_factor=sweep.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric="score",
+            mode="min",
+            max_t=max_t,
+            grace_period=min(sweep.grace_stages, max_t),
+            reduction_factor=sweep.reduction_factor,
+        )
     else:
         scheduler = FIFOScheduler()
-    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                           scheduler=scheduler, num_samples=num_samples, time_budget_s=time_budget_s,
-                           reuse_actors=True)  # saves a process start and the imports per trial
+    return tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+        scheduler=scheduler,
+        num_samples=num_samples,
+        time_budget_s=time_budget_s,
+        reuse_actors=True,
+    )  # saves a process start and the imports per trial
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -260,15 +313,22 @@ def _ray_session(address: str) -> Iterator[None]:
     if address == "local":
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
-        if _AUTH_MODE_ENV not in os.environ and _AUTH_TOKEN_FILE.is_file():
-            # Ray 2.60 heads use token auth by default, but a driver given an explicit address
-            # only sends the token (~/.ray/auth_token) in token mode.
-            os.environ[_AUTH_MODE_ENV] = "token"
+        # Ray 2.60 heads use token auth by default (token in ~/.ray/auth_token), but ray.init with
+        # an explicit address only sends it when RAY_AUTH_MODE=token was set before Ray was
+        # imported. Ray's own rule for address="auto" fixes that: token mode when RAY_AUTH_MODE
+        # is unset and a token exists (a private function; ray is pinned to 2.60.x).
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError) as error:
-            raise GilError(f"cannot connect to the Ray cluster at {address!r} ({error}); is `ray start "
-                           f"--head` running there, and is {_AUTH_MODE_ENV} the same as on the head?") from None
+            raise GilError(
+                f"cannot connect to the Ray cluster at {address!r} ({error}); is `ray start "
+                f"--head` running there, and is RAY_AUTH_MODE the same as on the head?"
+            ) from None
     try:
         yield
     finally:
@@ -296,8 +356,9 @@ class _SweepTracking:
 
 
 @contextlib.contextmanager
-def _sweep_tracking(config: Config, strategy: str, sweep_name: str, params: dict[str, Any],
-                    max_concurrent: int) -> Iterator[_SweepTracking | None]:
+def _sweep_tracking(
+    config: Config, strategy: str, sweep_name: str, params: dict[str, Any], max_concurrent: int
+) -> Iterator[_SweepTracking | None]:
     """Open the sweep's parent run (serving a SQLite store when trials write concurrently).
 
     An exception marks the parent FAILED (KILLED on Ctrl-C); the server is stopped in every case.
@@ -354,8 +415,9 @@ def _experiment_name(storage: Path, strategy: str, resume: bool) -> str:
     return candidates[-1].name
 
 
-def _trial_records(results: tune.ResultGrid, n_stages: int, interrupted: bool,
-                   child_runs: dict[str, str]) -> list[dict[str, Any]]:
+def _trial_records(
+    results: tune.ResultGrid, n_stages: int, interrupted: bool, child_runs: dict[str, str]
+) -> list[dict[str, Any]]:
     """One record per trial: sampled params, last reported metrics, final status."""
     records = []
     for result in results:
@@ -366,21 +428,25 @@ def _trial_records(results: tune.ResultGrid, n_stages: int, interrupted: bool,
         else:
             status = "FINISHED" if complete or not interrupted else "KILLED"
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        records.append({
-            "trial_id": trial_id,
-            "params": dict(result.config or {}),
-            "metrics": {k: v for k, v in metrics.items() if k.startswith(("mse_", "train_")) or k in (
-                "stage", "score", "forgetting", "final_mse", "plasticity", "delta", "bwt", "base_delta")},
-            "status": status,
-            "stopped_early": status == "FINISHED" and not complete,
-            "complete": complete,
-            "mlflow_run_id": child_runs.get(trial_id),
-        })
+        records.append(
+            {
+                "trial_id": trial_id,
+                "params": dict(result.config or {}),
+                "metrics": {
+                    k: v for k, v in metrics.items() if k.startswith(_KEPT_PREFIXES) or k in _KEPT_METRICS
+                },
+                "status": status,
+                "stopped_early": status == "FINISHED" and not complete,
+                "complete": complete,
+                "mlflow_run_id": child_runs.get(trial_id),
+            }
+        )
     return records
 
 
 def _pareto(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
     """The complete trials that no other complete trial beats on every metric (all minimised)."""
+
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
         worse_nowhere = all(a["metrics"][m] <= b["metrics"][m] for m in metrics)
         return worse_nowhere and any(a["metrics"][m] < b["metrics"][m] for m in metrics)
@@ -428,17 +494,35 @@ def run_sweep(
     data, split = ProcessedData.load(processed_dir), Split.load(split_dir)
     n_stages = split.n_stages
     sweep_name = _experiment_name(storage, strategy, resume)
-    parent_params = {"strategy": strategy, "num_samples": num_samples, "max_concurrent": max_concurrent,
-                     **flatten({"objective": sweep.objective.model_dump()}),
-                     **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()}}
+    parent_params = {
+        "strategy": strategy,
+        "num_samples": num_samples,
+        "max_concurrent": max_concurrent,
+        **flatten({"objective": sweep.objective.model_dump()}),
+        **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()},
+    }
     marker = os.environ.get(FAIL_ONCE_ENV)
-    with _ray_session(address), _sweep_tracking(config, strategy, sweep_name, parent_params,
-                                                 max_concurrent) as tracking:
-        resources = {"cpu": cpus, "gpu": _gpus_per_trial(gpus_per_trial or sweep.gpus_per_trial, max_concurrent)}
-        setup = _TrialSetup(config, strategy, sweep.objective, tracking.trials if tracking else None,
-                            max(1, round(cpus)), marker)
-        trainable = tune.with_resources(tune.with_parameters(_trial, setup=setup, data=data, split=split),
-                                        resources)
+    with (
+        _ray_session(address),
+        _sweep_tracking(config, strategy, sweep_name, parent_params, max_concurrent) as tracking,
+    ):
+        resources = {
+            "cpu": cpus,
+            "gpu": _gpus_per_trial(
+                sweep.gpus_per_trial if gpus_per_trial is None else gpus_per_trial, max_concurrent
+            ),
+        }
+        setup = _TrialSetup(
+            config,
+            strategy,
+            sweep.objective,
+            tracking.trials if tracking else None,
+            max(1, round(cpus)),
+            marker,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, setup=setup, data=data, split=split), resources
+        )
         experiment_path = storage / sweep_name
         if resume:
             tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
@@ -447,9 +531,11 @@ def run_sweep(
                 trainable,
                 tune_config=_tune_config(sweep, space, n_stages, num_samples, max_concurrent, time_budget_s),
                 run_config=tune.RunConfig(
-                    name=sweep_name, storage_path=str(storage),
+                    name=sweep_name,
+                    storage_path=str(storage),
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1,
                 ),
             )
         results = tuner.fit()
@@ -471,8 +557,15 @@ def run_sweep(
     return summary
 
 
-def _summary(strategy: str, sweep: SweepConfig, sweep_name: str, experiment_path: Path,
-             records: list[dict[str, Any]], interrupted: bool, tracking: _SweepTracking | None) -> dict[str, Any]:
+def _summary(
+    strategy: str,
+    sweep: SweepConfig,
+    sweep_name: str,
+    experiment_path: Path,
+    records: list[dict[str, Any]],
+    interrupted: bool,
+    tracking: _SweepTracking | None,
+) -> dict[str, Any]:
     complete = [r for r in records if r["complete"] and r["status"] == "FINISHED"]
     objective = sweep.objective
     pareto = _pareto(complete, objective.metrics) if objective.kind == "pareto" else None
@@ -495,8 +588,9 @@ def _summary(strategy: str, sweep: SweepConfig, sweep_name: str, experiment_path
     }
 
 
-def _finish_tracking(tracking: _SweepTracking, records: list[dict[str, Any]], summary: dict[str, Any],
-                     report: Path) -> None:
+def _finish_tracking(
+    tracking: _SweepTracking, records: list[dict[str, Any]], summary: dict[str, Any], report: Path
+) -> None:
     """Final child statuses, the best trial on the parent, the report file; close the parent."""
     from gil.files import write_json
     from gil.tracking.sweep_runs import TrialOutcome
@@ -529,25 +623,42 @@ def sweep_command(
     split_dir: Path = Path("data/split"),
 ) -> str:
     """Run ``gil sweep`` and return the text to print: the best trial, or how to resume."""
-    summary = run_sweep(config, strategy, processed_dir, split_dir, address=address, num_samples=num_samples,
-                        max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
-                        gpus_per_trial=gpus_per_trial, time_budget_s=time_budget_s, resume=resume,
-                        write_best_params=write_best, params_path=params_path)
-    counts = (f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
-              f"{summary['n_stopped_early']} stopped early, {summary['n_failed']} failed")
+    summary = run_sweep(
+        config,
+        strategy,
+        processed_dir,
+        split_dir,
+        address=address,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        time_budget_s=time_budget_s,
+        resume=resume,
+        write_best_params=write_best,
+        params_path=params_path,
+    )
+    counts = (
+        f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
+        f"{summary['n_stopped_early']} stopped early, {summary['n_failed']} failed"
+    )
     if summary["interrupted"]:
         return f"sweep {summary['sweep_name']} interrupted ({counts}); continue it with --resume"
     best = summary["best"]
     if best is None:
         return f"sweep {summary['sweep_name']}: no trial completed every stage ({counts})"
-    values = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                       for key, value in best["params"].items())
+    values = ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in best["params"].items()
+    )
     metrics = best["metrics"]
-    lines = [f"sweep {summary['sweep_name']} ({counts})",
-             f"best {best['trial_id']}: {values}",
-             f"  score {metrics['score']:.4f}, forgetting {metrics['forgetting']:.4f}, "
-             f"final MSE {metrics['final_mse']:.4f}, plasticity {metrics['plasticity']:.4f}",
-             f"report: reports/sweeps/{strategy}.json"]
+    lines = [
+        f"sweep {summary['sweep_name']} ({counts})",
+        f"best {best['trial_id']}: {values}",
+        f"  score {metrics['score']:.4f}, forgetting {metrics['forgetting']:.4f}, "
+        f"final MSE {metrics['final_mse']:.4f}, plasticity {metrics['plasticity']:.4f}",
+        f"report: reports/sweeps/{strategy}.json",
+    ]
     if summary["pareto"] is not None:
         lines.append(f"Pareto set (forgetting vs plasticity): {len(summary['pareto'])} trials")
     if write_best:

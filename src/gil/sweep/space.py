@@ -209,6 +209,7 @@ def write_params_file(path: Path, values: dict[str, Any]) -> None:
 
     yaml = YAML()
     yaml.width = 4096  # never re-wrap long lines
+    yaml.preserve_quotes = True
     yaml.indent(mapping=2, sequence=4, offset=2)  # the layout of the project's params.yaml
     yaml.representer.add_representer(  # ``null`` stays ``null`` (ruamel writes an empty value)
         type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
@@ -238,11 +239,15 @@ def _check_key(config: Config, strategy: str, key: str, where: str) -> None:
         raise GilError(f"{where}: only keys under {', '.join(SWEEPABLE_SECTIONS)} can be swept")
     if parts[0] == "strategies":
         if len(parts) != 3 or parts[1] != strategy:
-            raise GilError(f"{where}: expected strategies.{strategy}.<parameter> (the swept strategy's own entry)")
+            raise GilError(
+                f"{where}: expected strategies.{strategy}.<parameter> (the swept strategy's own entry)"
+            )
         fields = registry()[config.strategies[strategy].kind].Params.model_fields
         if parts[2] not in fields:
-            raise GilError(f"{where}: {parts[2]!r} is not a parameter of strategy {strategy!r}; "
-                           f"choose one of {sorted(fields)}")
+            raise GilError(
+                f"{where}: {parts[2]!r} is not a parameter of strategy {strategy!r}; "
+                f"choose one of {sorted(fields)}"
+            )
         return
     node: Any = config
     for depth, part in enumerate(parts):

@@ -53,7 +53,9 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     stamp = _now_ms()
-    client.log_batch(run_id, metrics=[Metric(key, float(value), stamp, step) for key, value in metrics.items()])
+    client.log_batch(
+        run_id, metrics=[Metric(key, float(value), stamp, step) for key, value in metrics.items()]
+    )
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -103,7 +105,9 @@ class SweepParentRun:
 
     def children(self) -> list[Run]:
         """The trial runs of this sweep."""
-        return _search(self.client, self.experiment_id, {MLFLOW_PARENT_RUN_ID: self.run_id, TAG_KIND: KIND_TRIAL})
+        return _search(
+            self.client, self.experiment_id, {MLFLOW_PARENT_RUN_ID: self.run_id, TAG_KIND: KIND_TRIAL}
+        )
 
     def reconcile(self, outcomes: list[TrialOutcome]) -> None:
         """Set every child's final status (and early-stop tag) from Ray's view of its trial."""
@@ -116,7 +120,9 @@ class SweepParentRun:
             if child.info.status != outcome.status:
                 self.client.set_terminated(child.info.run_id, outcome.status)
 
-    def log_best(self, trial_id: str, params: dict[str, Any], metrics: dict[str, float], report: Path) -> None:
+    def log_best(
+        self, trial_id: str, params: dict[str, Any], metrics: dict[str, float], report: Path
+    ) -> None:
         """The best trial's values (params ``best.<key>``, metrics ``best_<name>``) and the report file."""
         self.client.set_tag(self.run_id, TAG_BEST_TRIAL, trial_id)
         _log_params(self.client, self.run_id, {f"best.{key}": value for key, value in params.items()})
@@ -143,11 +149,19 @@ class TrialRun:
 
     @classmethod
     def open(
-        cls, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, name: str, params: dict[str, Any]
+        cls,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        name: str,
+        params: dict[str, Any],
     ) -> TrialRun:
         """Reopen the child of ``trial_id`` (a retried or resumed trial) or create it."""
         client = MlflowClient(tracking_uri=uri)
-        existing = _search(client, experiment_id, {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_TRIAL_ID: trial_id})
+        existing = _search(
+            client, experiment_id, {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_TRIAL_ID: trial_id}
+        )
         if existing:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
