@@ -241,7 +241,17 @@ def eval_throughput(trainer: Any, rows: np.ndarray, max_seq: int, repeats: int =
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux's ``VmHWM`` first: ``ru_maxrss`` of a spawned child starts at its parent's peak (the
+    kernel carries the pre-``exec`` high-water mark over), which would make the scaling children
+    report the parent's memory.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -330,7 +340,7 @@ def format_table(result: dict[str, Any]) -> str:
 def _child_peak_rss(args: list[str], cwd: Path) -> tuple[float, float]:
     """Run a Python child; return (its peak RSS in MiB, wall seconds). Fails loudly on error."""
     started = time.perf_counter()
-    script = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
+    script = ("import runpy, sys; sys.argv = sys.argv[1:]; "
               "runpy.run_module('gil.bench', run_name='__child__'); ")
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started

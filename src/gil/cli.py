@@ -292,8 +292,12 @@ def sweep(
         float | None,
         typer.Option(help="GPUs per trial (default: a share of the cluster's GPUs, none if it has none)."),
     ] = None,
-    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds for the whole sweep.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted sweep of this strategy.")] = False,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", help="Seconds for the whole sweep.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the latest interrupted sweep of this strategy.")
+    ] = False,
     write_best: Annotated[
         bool, typer.Option("--write-best/--no-write-best", help="Write the best values into the params file.")
     ] = False,
@@ -304,9 +308,44 @@ def sweep(
     config = _config(params)
     _require_strategy(config, strategy)
     typer.echo(
-        sweep_command(config, strategy, params, address, num_samples, max_concurrent, cpus_per_trial,
-                      gpus_per_trial, time_budget, resume, write_best, processed, split_dir)
+        sweep_command(
+            config,
+            strategy,
+            params,
+            address,
+            num_samples,
+            max_concurrent,
+            cpus_per_trial,
+            gpus_per_trial,
+            time_budget,
+            resume,
+            write_best,
+            processed,
+            split_dir,
+        )
     )
+
+
+@app.command()
+def bench(
+    preset: Annotated[
+        str, typer.Option(help="Model preset: bench (the paper-code anchor), cpu, paper, tiny.")
+    ] = "bench",
+    steps: Annotated[int, typer.Option(help="Training steps measured.")] = 120,
+    processed: ProcessedOption = Path("data/processed"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
+    scaling: Annotated[
+        bool, typer.Option(help="Peak RSS of prepare and training at 50k vs 200k cells.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Also print one JSON object as the last line.")
+    ] = False,
+) -> None:
+    """Training/evaluation throughput, counted GFLOP per cell, fraction of matmul peak, memory scaling."""
+    from gil.bench import run_bench
+
+    typer.echo(run_bench(preset, json_out, scaling, steps, processed, device, threads))
 
 
 def main() -> None:
