@@ -190,3 +190,10 @@ def test_prepare_cli_prints_summary(
     assert result.code == 0, result.stderr
     assert result.stdout.startswith("prepared 300/300 cells x 60/60 genes")
     assert ProcessedData.load(tmp_path / "processed").n_cells == 300
+
+
+def test_prepare_without_label_columns(synthetic_h5ad: Path, tiny_params: dict, tmp_path: Path) -> None:
+    tiny_params["dataset"]["label_columns"] = []
+    run_prepare(config_from_dict(tiny_params), tmp_path / "processed")
+    cells = ProcessedData.load(tmp_path / "processed").cells
+    assert list(cells.columns) == ["cell", "n_genes"] and len(cells) > 0

@@ -267,7 +267,8 @@ def label_table(source: H5adMatrix, columns: list[str]) -> pd.DataFrame:
             f"(columns: {list(source.obs.columns)[:20]}); fix dataset.label_columns"
         )
     return pd.DataFrame(
-        {column: source.obs[column].astype("string").fillna("").to_numpy(dtype=str) for column in columns}
+        {column: source.obs[column].astype("string").fillna("").to_numpy(dtype=str) for column in columns},
+        index=pd.RangeIndex(source.n_cells),  # keeps the row count when there are no label columns
     )
 
 
