@@ -79,6 +79,29 @@ def transform(counts: sp.csr_matrix, normalize_total: float | None) -> np.ndarra
     return np.log1p(data).astype(np.float32)
 
 
+class _NpyWriter:
+    """Writes a 1-D ``.npy`` file of known length by appending chunks (the header first)."""
+
+    def __init__(self, path: Path, dtype: type, length: int):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+
+    def __enter__(self) -> _NpyWriter:
+        self.handle = open(self.path, "wb")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.length,),
+        }
+        np.lib.format.write_array_header_1_0(self.handle, header)
+        return self
+
+    def append(self, chunk: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(chunk, dtype=self.dtype).tobytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
 def write_matrix_pass(
     source: H5adMatrix, qc: QcCounts, options: PrepareConfig, directory: Path
 ) -> np.ndarray:
@@ -86,22 +109,22 @@ def write_matrix_pass(
 
     Returns the number of stored genes of each kept cell.
     """
-    indices = np.lib.format.open_memmap(directory / "indices.npy", mode="w+", dtype=np.int32, shape=(qc.nnz,))
-    values = np.lib.format.open_memmap(directory / "values.npy", mode="w+", dtype=np.float32, shape=(qc.nnz,))
     row_genes = []
     position = 0
-    for first_row, chunk in source.chunks(options.chunk_size):
-        kept = chunk[qc.cell_keep[first_row : first_row + chunk.shape[0]]][:, qc.gene_keep]
-        kept.sort_indices()
-        indices[position : position + kept.nnz] = kept.indices
-        values[position : position + kept.nnz] = transform(kept, options.normalize_total)
-        row_genes.append(np.diff(kept.indptr))
-        position += kept.nnz
+    # Plain appends, not a memory map: mapped output pages would count as resident memory.
+    with (
+        _NpyWriter(directory / "indices.npy", np.int32, qc.nnz) as indices,
+        _NpyWriter(directory / "values.npy", np.float32, qc.nnz) as values,
+    ):
+        for first_row, chunk in source.chunks(options.chunk_size):
+            kept = chunk[qc.cell_keep[first_row : first_row + chunk.shape[0]]][:, qc.gene_keep]
+            kept.sort_indices()
+            indices.append(kept.indices)
+            values.append(transform(kept, options.normalize_total))
+            row_genes.append(np.diff(kept.indptr))
+            position += kept.nnz
     if position != qc.nnz:
         raise RuntimeError(f"pass 2 wrote {position} values, pass 1 counted {qc.nnz}: the input changed")
-    indices.flush()
-    values.flush()
-    del indices, values
     n_genes = np.concatenate(row_genes).astype(np.int64)
     np.save(directory / "indptr.npy", np.concatenate([[0], np.cumsum(n_genes)]).astype(np.int64))
     return n_genes
