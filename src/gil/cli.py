@@ -73,7 +73,7 @@ def zeisel(out: Annotated[Path, typer.Argument(help="Where to write the .h5ad.")
 
 StrategyOption = Annotated[str, typer.Option("--strategy", "-s", help="A name under 'strategies' in params.")]
 ProcessedOption = Annotated[Path, typer.Option(help="Processed data directory.")]
-SplitOption = Annotated[Path, typer.Option(help="Split directory.")]
+SplitOption = Annotated[Path, typer.Option("--split", help="Split directory.")]
 
 
 def _tracker(config):  # noqa: ANN001, ANN202 - Config -> Tracker
@@ -108,7 +108,7 @@ def train(
     strategy: StrategyOption,
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
-    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    split_dir: SplitOption = Path("data/split"),
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")
     ] = None,
@@ -150,7 +150,7 @@ def _print_speeds(name: str, results: dict) -> None:  # noqa: ANN001
 def train_base_command(
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
-    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    split_dir: SplitOption = Path("data/split"),
     out: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path("checkpoints/base"),
     seed: Annotated[
         list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
@@ -173,7 +173,7 @@ def evaluate(
     strategy: StrategyOption,
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
-    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    split_dir: SplitOption = Path("data/split"),
     checkpoints: Annotated[
         Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
     ] = None,
@@ -279,7 +279,7 @@ def sweep(
     strategy: StrategyOption,
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = Path("data/processed"),
-    split_dir: Annotated[Path, typer.Option("--split", help="Split directory.")] = Path("data/split"),
+    split_dir: SplitOption = Path("data/split"),
     address: Annotated[
         str, typer.Option(help="'local' (Ray on this machine), 'auto' or HOST:PORT of a running cluster.")
     ] = "local",
