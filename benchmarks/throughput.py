@@ -18,8 +18,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     args = parser.parse_args()
-    print(run_bench(args.preset, json_out=args.json, steps=args.steps, device=args.device,
-                    threads=args.threads))
+    print(
+        run_bench(args.preset, json_out=args.json, steps=args.steps, device=args.device, threads=args.threads)
+    )
 
 
 if __name__ == "__main__":

@@ -230,3 +230,25 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) 
     """
     repo = tmp_path_factory.mktemp("project")
     return repo, build_tiny_project(repo, synthetic_h5ad)
+
+
+def gil_train_command(
+    params: Path, processed: Path, split: Path, out: Path, strategy: str = "replay"
+) -> list[str]:
+    """``gil train`` as a separate process (for tests that kill it or its tracking server)."""
+    return [
+        sys.executable,
+        "-m",
+        "gil.cli",
+        "train",
+        "-s",
+        strategy,
+        "-p",
+        str(params),
+        "--processed",
+        str(processed),
+        "--split",
+        str(split),
+        "--out",
+        str(out),
+    ]

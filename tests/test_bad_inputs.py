@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import tiny_pipeline_params
+from mlflow.tracking import MlflowClient
 from test_data_io import BAD_FILES
 
 Case = Callable[[Path, Path], list]  # (workspace, tmp_path) -> CLI arguments

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import gil_train_command
 from mlflow.tracking import MlflowClient
 
 from gil.tracking.server import start_local_server, stop_server
@@ -68,22 +69,7 @@ def test_tracking_server_lost_mid_run_fails_clearly_and_a_rerun_completes(
 
     def train(uri: str) -> subprocess.Popen:
         params = _params(base_params, uri, tmp_path / "params.yaml")
-        command = [
-            sys.executable,
-            "-m",
-            "gil.cli",
-            "train",
-            "-s",
-            "replay",
-            "-p",
-            str(params),
-            "--processed",
-            str(processed),
-            "--split",
-            str(split),
-            "--out",
-            str(tmp_path / "ckpt"),
-        ]
+        command = gil_train_command(params, processed, split, tmp_path / "ckpt")
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     server, url = start_local_server(backend, store / "artifacts")

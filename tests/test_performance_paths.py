@@ -21,8 +21,9 @@ from gil.model.transformer import dropout
 from tests.factories import make_processed, make_split
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                    **_: object) -> torch.Tensor:
+def naive_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: object
+) -> torch.Tensor:
     """Attention with explicit scores, masking and softmax (the textbook formula)."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if attn_mask is not None:
@@ -30,8 +31,14 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _loss_and_grads(model: GeneTransformer, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor,
-                    targets: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _loss_and_grads(
+    model: GeneTransformer,
+    genes: torch.Tensor,
+    values: torch.Tensor,
+    padding: torch.Tensor,
+    targets: torch.Tensor,
+    masked: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss = masked_value_loss(model(genes, values, padding), targets, masked, mvc_weight=1.0)
     loss.backward()
@@ -86,7 +93,8 @@ def test_unpadded_batch_skips_mask_with_same_result() -> None:
     query = torch.sigmoid(model.mvc_query(model.gene_norm(model.gene_embedding(genes))))
     mvc = torch.einsum("bld,bd->bl", query, model.mvc_cell(x[:, 0]))
     ref = torch.nn.functional.mse_loss(head[masked], targets[masked]) + torch.nn.functional.mse_loss(
-        mvc[masked], targets[masked])
+        mvc[masked], targets[masked]
+    )
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -127,8 +135,9 @@ def test_row_wise_ranking_matches_per_cell_reference(seed: int) -> None:
         np.testing.assert_array_equal(keep, ref_keep)
 
 
-def reference_training_batch(builder: BatchBuilder, rows: np.ndarray, rng: np.random.Generator,
-                             mask_fraction: float) -> dict[str, np.ndarray]:
+def reference_training_batch(
+    builder: BatchBuilder, rows: np.ndarray, rng: np.random.Generator, mask_fraction: float
+) -> dict[str, np.ndarray]:
     """Cell by cell, with the random draws of :meth:`BatchBuilder.training_batch` in the same order."""
     data = builder.data
     cells = []
@@ -152,8 +161,12 @@ def reference_training_batch(builder: BatchBuilder, rows: np.ndarray, rng: np.ra
         offset += len(tokens)
     length = 1 + max(len(c) for c in chosen)
     shape = (len(rows), length)
-    out = {"genes": np.full(shape, PAD), "sets": np.full(shape, NO_SET),
-           "targets": np.zeros(shape, np.float32), "masked": np.zeros(shape, bool)}
+    out = {
+        "genes": np.full(shape, PAD),
+        "sets": np.full(shape, NO_SET),
+        "targets": np.zeros(shape, np.float32),
+        "masked": np.zeros(shape, bool),
+    }
     out["genes"][:, 0] = CLS
     for cell, entries in enumerate(chosen):
         for position, (token, gene_set, value, is_masked) in enumerate(entries, start=1):

@@ -226,14 +226,28 @@ def test_intransigence_is_computed_against_the_joint_run_seed_by_seed() -> None:
     from gil.report import with_intransigence
 
     def metrics(kind: str, matrices: dict[str, list]) -> dict:
-        return {"strategy": kind, "kind": kind, "regression": {"intransigence": None},
-                "per_seed": {seed: {"regression": {"matrix": m}} for seed, m in matrices.items()}}
+        return {
+            "strategy": kind,
+            "kind": kind,
+            "regression": {"intransigence": None},
+            "per_seed": {seed: {"regression": {"matrix": m}} for seed, m in matrices.items()},
+        }
 
     nan = None
-    joint = metrics("joint", {"0": [[0.5, nan, nan], [0.5, 0.4, nan], [0.5, 0.4, 0.3]],
-                              "1": [[0.5, nan, nan], [0.5, 0.2, nan], [0.5, 0.4, 0.3]]})
-    finetune = metrics("finetune", {"0": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.5]],
-                                    "1": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.3]]})
+    joint = metrics(
+        "joint",
+        {
+            "0": [[0.5, nan, nan], [0.5, 0.4, nan], [0.5, 0.4, 0.3]],
+            "1": [[0.5, nan, nan], [0.5, 0.2, nan], [0.5, 0.4, 0.3]],
+        },
+    )
+    finetune = metrics(
+        "finetune",
+        {
+            "0": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.5]],
+            "1": [[0.5, nan, nan], [0.5, 0.6, nan], [0.5, 0.9, 0.3]],
+        },
+    )
     # seed 0: mean(0.6-0.4, 0.5-0.3) = 0.2; seed 1: mean(0.6-0.2, 0.3-0.3) = 0.2
     result = with_intransigence({"joint": joint, "finetune": finetune})
     assert result["finetune"]["regression"]["intransigence_mean"] == pytest.approx(0.2)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
+from conftest import gil_train_command
 from factories import make_config, make_processed, make_split
 
 from gil.errors import GilError
@@ -120,24 +120,14 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, t
     raw["train"]["epochs_per_stage"] = 25  # long enough stages that the kill lands mid-run
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    command = [
-        sys.executable,
-        "-m",
-        "gil.cli",
-        "train",
-        "-s",
-        "replay",
-        "-p",
-        str(params),
-        "--processed",
-        str(processed),
-        "--split",
-        str(split_dir),
-    ]
+
+    def command(out: str) -> list[str]:
+        return gil_train_command(params, processed, split_dir, tmp_path / out)
+
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+    subprocess.run(command("clean"), check=True, env=env, capture_output=True)
     victim = subprocess.Popen(
-        [*command, "--out", str(tmp_path / "killed")],
+        command("killed"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -149,7 +139,7 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, t
     victim.wait()
     done = completed_stages(tmp_path / "killed" / "seed_0")
     assert 0 in done and 2 not in done, "the kill must land mid-run"
-    subprocess.run([*command, "--out", str(tmp_path / "killed")], check=True, env=env, capture_output=True)
+    subprocess.run(command("killed"), check=True, env=env, capture_output=True)
     clean = load_checkpoint(stage_path(tmp_path / "clean" / "seed_0", 2))["model"]
     resumed = load_checkpoint(stage_path(tmp_path / "killed" / "seed_0", 2))["model"]
     assert _same(clean, resumed)

@@ -73,8 +73,10 @@ def write_synthetic_h5ad(
     from anndata.io import sparse_dataset, write_elem
 
     rng = np.random.default_rng(seed)
-    obs = pd.DataFrame({"cell_type": pd.Categorical(rng.integers(0, 5, n_cells).astype(str))},
-                       index=[f"cell{i:07d}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(rng.integers(0, 5, n_cells).astype(str))},
+        index=[f"cell{i:07d}" for i in range(n_cells)],
+    )
     var = pd.DataFrame(index=[f"gene{j:05d}" for j in range(n_genes)])
     with h5py.File(path, "w") as handle:
         write_elem(handle, "obs", obs)
@@ -121,9 +123,11 @@ def write_synthetic_processed(
     np.save(directory / "indptr.npy", np.concatenate(indptr))
     n_genes_per_cell = np.concatenate(blocks)
     pd.DataFrame({"gene": [f"gene{j:05d}" for j in range(n_genes)], "n_cells": 0, "total": 0}).to_csv(
-        directory / "genes.tsv", sep="\t", index=False, lineterminator="\n")
+        directory / "genes.tsv", sep="\t", index=False, lineterminator="\n"
+    )
     pd.DataFrame({"cell": [f"cell{i:07d}" for i in range(n_cells)], "n_genes": n_genes_per_cell}).to_csv(
-        directory / "cells.tsv", sep="\t", index=False, lineterminator="\n")
+        directory / "cells.tsv", sep="\t", index=False, lineterminator="\n"
+    )
     (directory / "prepare.json").write_text(dumps_json({"synthetic": True, "nnz": int(position)}))
     return ProcessedData.load(directory)
 
@@ -133,15 +137,22 @@ def write_synthetic_processed(
 
 def bench_config(preset: str, device: str = "auto") -> Config:
     """The benchmark's config: ``preset`` sizes, batch 32, one stage, no tracking."""
-    train = {"batch_size": BENCH_BATCH, "epochs_per_stage": 1, "warmup_steps": 10, "device": device,
-             "seeds": [0]}
-    return config_from_dict({
-        "dataset": {"name": "bench", "path": "unused.h5ad"},
-        "model": {"preset": preset},
-        "train": train,
-        "evaluate": {"batch_size": EVAL_BATCH},
-        "tracking": {"enabled": False},
-    })
+    train = {
+        "batch_size": BENCH_BATCH,
+        "epochs_per_stage": 1,
+        "warmup_steps": 10,
+        "device": device,
+        "seeds": [0],
+    }
+    return config_from_dict(
+        {
+            "dataset": {"name": "bench", "path": "unused.h5ad"},
+            "model": {"preset": preset},
+            "train": train,
+            "evaluate": {"batch_size": EVAL_BATCH},
+            "tracking": {"enabled": False},
+        }
+    )
 
 
 def bench_split(data: ProcessedData, n_train: int, n_eval: int) -> Split:
@@ -187,10 +198,12 @@ def count_step_flops(trainer: Any, rows: np.ndarray) -> float:
     trainer.model.train()
     aten = torch.ops.aten
     cpu_attention = {
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *_, out_shape=None, **__: flop_counter.sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda g, q, k, v, *_, out_shape=None, **__: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: (
+            flop_counter.sdpa_flop_count(q, k, v)
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *_, out_shape=None, **__: (  # noqa: E501
+            flop_counter.sdpa_backward_flop_count(g, q, k, v)
+        ),
     }
     with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
         with autocast(trainer.device):
@@ -266,7 +279,10 @@ def load_bench_data(
 
 
 def throughput(
-    preset: str = "bench", steps: int = 120, processed: Path = DEFAULT_PROCESSED, device: str = "auto",
+    preset: str = "bench",
+    steps: int = 120,
+    processed: Path = DEFAULT_PROCESSED,
+    device: str = "auto",
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the training and evaluation benchmark; return every figure as a flat dict."""
@@ -340,8 +356,9 @@ def format_table(result: dict[str, Any]) -> str:
 def _child_peak_rss(args: list[str], cwd: Path) -> tuple[float, float]:
     """Run a Python child; return (its peak RSS in MiB, wall seconds). Fails loudly on error."""
     started = time.perf_counter()
-    script = ("import runpy, sys; sys.argv = sys.argv[1:]; "
-              "runpy.run_module('gil.bench', run_name='__child__'); ")
+    script = (
+        "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_module('gil.bench', run_name='__child__'); "
+    )
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -356,10 +373,17 @@ def _child_main(argv: list[str]) -> None:
 
     kind, directory = argv[0], Path(argv[1])
     if kind == "prepare":
-        config = config_from_dict({"dataset": {"name": "scaling", "path": str(directory / "raw.h5ad"),
-                                               "label_columns": ["cell_type"]},
-                                   "prepare": {"min_genes_per_cell": 10, "min_cells_per_gene": 1},
-                                   "tracking": {"enabled": False}})
+        config = config_from_dict(
+            {
+                "dataset": {
+                    "name": "scaling",
+                    "path": str(directory / "raw.h5ad"),
+                    "label_columns": ["cell_type"],
+                },
+                "prepare": {"min_genes_per_cell": 10, "min_cells_per_gene": 1},
+                "tracking": {"enabled": False},
+            }
+        )
         run_prepare(config, directory / "processed")
     else:
         from gil.train.loop import StageTrainer
@@ -382,7 +406,9 @@ def _child_main(argv: list[str]) -> None:
 
 
 def memory_scaling(
-    sizes: tuple[int, ...] = (50_000, 200_000), n_genes: int = 20_000, nnz_per_cell: int = 1000,
+    sizes: tuple[int, ...] = (50_000, 200_000),
+    n_genes: int = 20_000,
+    nnz_per_cell: int = 1000,
     steps: int = 200,
 ) -> list[dict[str, Any]]:
     """Peak RSS of ``gil prepare`` and of ``steps`` training steps for each number of cells."""
@@ -397,10 +423,20 @@ def memory_scaling(
             prepare_rss, prepare_s = _child_peak_rss(["prepare", str(directory)], Path.cwd())
             train_rss, train_s = _child_peak_rss(["train", str(directory), str(steps)], Path.cwd())
             nnz = json.loads((directory / "processed" / "prepare.json").read_text())["nnz"]
-            results.append({"cells": n_cells, "genes": n_genes, "nnz": nnz,
-                            "h5ad_mib": (directory / "raw.h5ad").stat().st_size / 2**20,
-                            "generate_s": generate_s, "prepare_rss_mib": prepare_rss, "prepare_s": prepare_s,
-                            "train_rss_mib": train_rss, "train_s": train_s, "train_steps": steps})
+            results.append(
+                {
+                    "cells": n_cells,
+                    "genes": n_genes,
+                    "nnz": nnz,
+                    "h5ad_mib": (directory / "raw.h5ad").stat().st_size / 2**20,
+                    "generate_s": generate_s,
+                    "prepare_rss_mib": prepare_rss,
+                    "prepare_s": prepare_s,
+                    "train_rss_mib": train_rss,
+                    "train_s": train_s,
+                    "train_steps": steps,
+                }
+            )
             for path in directory.iterdir():  # free the disk before the next size
                 if path.is_file():
                     path.unlink()
@@ -409,22 +445,33 @@ def memory_scaling(
 
 def format_scaling(results: list[dict[str, Any]]) -> str:
     """One line per size, then the growth ratios of the largest over the smallest size."""
-    lines = [f"{'cells':>8} {'nnz':>12} {'h5ad MiB':>9} {'prepare RSS MiB':>16} {'prepare s':>9} "
-             f"{'train RSS MiB':>14} {'train s':>8}"]
+    lines = [
+        f"{'cells':>8} {'nnz':>12} {'h5ad MiB':>9} {'prepare RSS MiB':>16} {'prepare s':>9} "
+        f"{'train RSS MiB':>14} {'train s':>8}"
+    ]
     for r in results:
-        lines.append(f"{r['cells']:>8} {r['nnz']:>12} {r['h5ad_mib']:>9.0f} {r['prepare_rss_mib']:>16.0f} "
-                     f"{r['prepare_s']:>9.1f} {r['train_rss_mib']:>14.0f} {r['train_s']:>8.1f}")
+        lines.append(
+            f"{r['cells']:>8} {r['nnz']:>12} {r['h5ad_mib']:>9.0f} {r['prepare_rss_mib']:>16.0f} "
+            f"{r['prepare_s']:>9.1f} {r['train_rss_mib']:>14.0f} {r['train_s']:>8.1f}"
+        )
     first, last = results[0], results[-1]
     prepare_growth = last["prepare_rss_mib"] / first["prepare_rss_mib"]
     train_growth = last["train_rss_mib"] / first["train_rss_mib"]
-    lines.append(f"data x{last['nnz'] / first['nnz']:.2f}: prepare RSS x{prepare_growth:.2f}, "
-                 f"train RSS x{train_growth:.2f}")
+    lines.append(
+        f"data x{last['nnz'] / first['nnz']:.2f}: prepare RSS x{prepare_growth:.2f}, "
+        f"train RSS x{train_growth:.2f}"
+    )
     return "\n".join(lines)
 
 
 def run_bench(
-    preset: str = "bench", json_out: bool = False, scaling: bool = False, steps: int = 120,
-    processed: Path = DEFAULT_PROCESSED, device: str = "auto", threads: int | None = None,
+    preset: str = "bench",
+    json_out: bool = False,
+    scaling: bool = False,
+    steps: int = 120,
+    processed: Path = DEFAULT_PROCESSED,
+    device: str = "auto",
+    threads: int | None = None,
 ) -> str:
     """What ``gil bench`` prints: the throughput table (or the scaling table); JSON as the last line."""
     if scaling:

@@ -359,8 +359,11 @@ def with_intransigence(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, 
     joint_seeds = joint.get("per_seed") or {}
     for metrics in result.values():
         per_seed = metrics.get("per_seed") or {}
-        values = [intransigence(run["regression"]["matrix"], joint_seeds[seed]["regression"]["matrix"])
-                  for seed, run in per_seed.items() if seed in joint_seeds]
+        values = [
+            intransigence(run["regression"]["matrix"], joint_seeds[seed]["regression"]["matrix"])
+            for seed, run in per_seed.items()
+            if seed in joint_seeds
+        ]
         if values:
             mean, std = mean_std(values)
             metrics["regression"].update(intransigence=mean, intransigence_mean=mean, intransigence_std=std)

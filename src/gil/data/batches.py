@@ -86,8 +86,15 @@ class BatchBuilder:
         keys = _sampling_keys(rng.random(len(values)), values, weighted_cells[segment])
         keep, rank = _top_per_segment(segment, keys, self.max_seq)
         mask_draws = rng.random(len(values))
-        return _pad(rows, segment[keep], rank[keep], tokens[keep], sets[keep], values[keep],
-                    mask_draws[keep] < mask_fraction)
+        return _pad(
+            rows,
+            segment[keep],
+            rank[keep],
+            tokens[keep],
+            sets[keep],
+            values[keep],
+            mask_draws[keep] < mask_fraction,
+        )
 
     def evaluation_batch(
         self, rows: np.ndarray, known_stage: int, seed: int, mask_fraction: float, max_seq: int
@@ -106,7 +113,11 @@ class BatchBuilder:
         keep, _ = _top_per_segment(segment, keys, max_seq)
         keep &= sets <= known_stage
         segment, tokens, sets, values, mask_draws = (
-            segment[keep], tokens[keep], sets[keep], values[keep], mask_draws[keep]
+            segment[keep],
+            tokens[keep],
+            sets[keep],
+            values[keep],
+            mask_draws[keep],
         )
         rank = _rank_in_segment(segment)
         return _pad(rows, segment, rank, tokens, sets, values, mask_draws < mask_fraction)

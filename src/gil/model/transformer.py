@@ -146,7 +146,10 @@ class GeneTransformer(nn.Module):
         self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
         self.mlm_head = nn.Sequential(
-            nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+            nn.Linear(d_model, d_model),
+            nn.LeakyReLU(),
+            nn.Linear(d_model, d_model),
+            nn.LeakyReLU(),
             nn.Linear(d_model, 1),
         )
         self.mvc_query = nn.Linear(d_model, d_model)

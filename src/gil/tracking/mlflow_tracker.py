@@ -37,9 +37,9 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Callable
 from typing import Any, Literal
 
 import mlflow
@@ -137,7 +137,8 @@ def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
                 str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             )
             raise TrackingUnavailable(
-                f"MLflow tracking at {self.uri} failed during {method.__name__} ({first_line}); the checkpoints "
+                f"MLflow tracking at {self.uri} failed during {method.__name__} ({first_line}); "
+                "the checkpoints "
                 "written so far are kept: restore the server and rerun the same command to resume"
             ) from None
 

@@ -47,7 +47,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT_VERSION, **payload}, tmp)
 
 
-def load_checkpoint(path: Path, expected_fingerprint: str | None = None, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, expected_fingerprint: str | None = None, mmap: bool = False
+) -> dict[str, Any]:
     """Load a checkpoint safely; refuse corrupt ones and ones made under a different config.
 
     ``mmap`` maps the tensors instead of reading them: a cheap check that a checkpoint is usable.

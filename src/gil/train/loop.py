@@ -67,7 +67,9 @@ def build_model(config: Config, vocab: Vocabulary, seed: int) -> GeneTransformer
         return GeneTransformer.from_sizes(n_tokens, config.model.resolved())
 
 
-def run_fingerprint(config: Config, strategy_name: str | None, seed: int, vocab: Vocabulary, split: Split) -> str:
+def run_fingerprint(
+    config: Config, strategy_name: str | None, seed: int, vocab: Vocabulary, split: Split
+) -> str:
     """What a checkpoint of this run depends on: model, training, strategy, seed and the split.
 
     ``strategy_name`` None is the shared base run (see :func:`train_base`).
@@ -163,7 +165,9 @@ class StageTrainer:
         rng = np.random.default_rng([self.seed, stage])
         ctx = self._context(stage)
         if len(ctx.cells_of_stage(stage)) == 0:
-            raise GilError(f"stage {stage} has no training cells; change split fractions and rerun `gil split`")
+            raise GilError(
+                f"stage {stage} has no training cells; change split fractions and rerun `gil split`"
+            )
         self.strategy.before_stage(ctx)
         if self.config.model.vocabulary == "growing":
             generator = torch.Generator().manual_seed(derive_seed(self.seed, stage, 2))
@@ -179,8 +183,14 @@ class StageTrainer:
             batches = self.strategy.epoch_batches(ctx, rng)
             sums: dict[str, float] = {}
             n_steps = 0
-            bar = tqdm(batches, desc=f"{self.strategy_name or 'base'} seed {self.seed} stage {stage} epoch {epoch + 1}",
-                       disable=None if self.progress else True, leave=False, unit="batch", mininterval=1.0)
+            bar = tqdm(
+                batches,
+                desc=f"{self.strategy_name or 'base'} seed {self.seed} stage {stage} epoch {epoch + 1}",
+                disable=None if self.progress else True,
+                leave=False,
+                unit="batch",
+                mininterval=1.0,
+            )
             for rows in bar:
                 batch = self.builder.training_batch(rows, rng, train.mask_fraction)
                 if self.device.type == "cuda":
@@ -224,7 +234,9 @@ class StageTrainer:
         for epoch, epoch_means in enumerate(payload["epochs"]):
             self.tracker.log_metrics(epoch_means, step=epoch)
         self._finish_stage(ctx)
-        return StageRecord(0, list(payload["epochs"]), float(payload["cells_per_second"]), float(payload["seconds"]))
+        return StageRecord(
+            0, list(payload["epochs"]), float(payload["cells_per_second"]), float(payload["seconds"])
+        )
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -281,8 +293,9 @@ class StageTrainer:
             imported = stage == 0 and self.base_dir is not None
             record = self.import_base() if imported else self.train_stage(stage)
             self.save(stage, record)
-            self.tracker.log_metrics({"cells_per_second": record.cells_per_second,
-                                      "stage_seconds": record.seconds})
+            self.tracker.log_metrics(
+                {"cells_per_second": record.cells_per_second, "stage_seconds": record.seconds}
+            )
             self.tracker.log_stage_model(stage, self.model, self.vocab.genes_through(stage))
             self.tracker.end_stage()
             records.append(record)
@@ -321,15 +334,29 @@ def train_strategy(
     tracker = tracker or NullTracker()
     results = {}
     for seed in seeds if seeds is not None else config.train.seeds:
-        trainer = StageTrainer(config, strategy_name, seed, data, split, checkpoints / f"seed_{seed}",
-                               tracker=tracker, progress=progress, base_dir=base_dir)
+        trainer = StageTrainer(
+            config,
+            strategy_name,
+            seed,
+            data,
+            split,
+            checkpoints / f"seed_{seed}",
+            tracker=tracker,
+            progress=progress,
+            base_dir=base_dir,
+        )
         done = completed_stages(trainer.run_dir)
         resuming = bool(done) and not fresh
         if resuming:  # refuse a stale or corrupt checkpoint before any run is opened
             load_checkpoint(stage_path(trainer.run_dir, done[-1]), trainer.fingerprint)
         tracker.begin_run(strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming)
-        tracker.log_dataset(config.dataset.name, config.dataset.path, (tags or {}).get("dvc.data.md5", "untracked"),
-                            data.n_cells, data.n_genes)
+        tracker.log_dataset(
+            config.dataset.name,
+            config.dataset.path,
+            (tags or {}).get("dvc.data.md5", "untracked"),
+            data.n_cells,
+            data.n_genes,
+        )
         try:
             results[seed] = trainer.run(fresh=fresh)
         except BaseException:
@@ -340,8 +367,13 @@ def train_strategy(
 
 
 def train_base(
-    config: Config, data: ProcessedData, split: Split, out: Path, seeds: list[int] | None = None,
-    fresh: bool = False, progress: bool = True,
+    config: Config,
+    data: ProcessedData,
+    split: Split,
+    out: Path,
+    seeds: list[int] | None = None,
+    fresh: bool = False,
+    progress: bool = True,
 ) -> dict[int, list[StageRecord]]:
     """Train the strategy-independent base stage once per seed into ``out/seed_<seed>/stage_0.pt``."""
     results = {}
