@@ -72,3 +72,24 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     """A small module whose outputs identify its weights."""
     torch.manual_seed(seed)
     return torch.nn.Linear(4, 3)
+
+
+@pytest.fixture(autouse=True)
+def _clean_mlflow() -> Iterator[None]:
+    """Autouse in the modules that import it: no MLflow state leaks between tests."""
+    with isolated_mlflow():
+        yield
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` per test module."""
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (creating its tables takes about a second); tests use their
+    own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"

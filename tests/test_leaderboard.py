@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from _mlflow_helpers import isolated_mlflow, record_run, running_server
+from _mlflow_helpers import (  # noqa: F401 - fixtures are registered by import
+    _clean_mlflow,
+    isolated_mlflow,
+    record_run,
+    server_url,
+    sqlite_uri,
+)
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
@@ -21,25 +26,6 @@ SUMMARIES = {
     ("replay", 0): (0.10, 1.4),
     ("replay", 1): (0.20, 1.6),
 }
-
-
-@pytest.fixture(autouse=True)
-def _clean_mlflow() -> Iterator[None]:
-    with isolated_mlflow():
-        yield
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("mlflow-server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module (creating its tables takes about a second); tests use their
-    own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("http", marks=pytest.mark.slow)])

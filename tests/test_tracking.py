@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
 import pytest
 import torch
-from _mlflow_helpers import STAGES, isolated_mlflow, record_run, running_server, tiny_model
+from _mlflow_helpers import (  # noqa: F401 - fixtures are registered by import
+    STAGES,
+    _clean_mlflow,
+    isolated_mlflow,
+    record_run,
+    server_url,
+    sqlite_uri,
+    tiny_model,
+)
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
 from gil.tracking.base import NullTracker
 from gil.tracking.mlflow_tracker import MlflowTracker, config_hash, open_tracker, registered_model_name
 from gil.tracking.server import check_reachable, free_port, resolve_tracking_uri
-
-
-@pytest.fixture(autouse=True)
-def _clean_mlflow() -> Iterator[None]:
-    with isolated_mlflow():
-        yield
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("mlflow-server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module (creating its tables takes about a second)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("http", marks=pytest.mark.slow)])

@@ -29,15 +29,13 @@ class ReplayDistill(Strategy):
 
     kind = "replay_distill"
 
-    class Params(Replay.Params):
+    class Params(Replay.Params, Distill.Params):
         lam: float = Field(1.0, ge=0, description="weight λ of the prediction distillation term")
-        cls_weight: float = Field(0.0, ge=0, description="weight of the <cls> embedding distillation term")
 
     def __init__(self, params: Params):
         super().__init__(params)
-        replay_keys = Replay.Params.model_fields
-        self.replay = Replay(Replay.Params(**params.model_dump(include=set(replay_keys))))
-        self.distill = Distill(Distill.Params(lam=params.lam, cls_weight=params.cls_weight))
+        self.replay = Replay(Replay.Params(**params.model_dump(include=set(Replay.Params.model_fields))))
+        self.distill = Distill(Distill.Params(**params.model_dump(include=set(Distill.Params.model_fields))))
 
     def check_inputs(self, cells: pd.DataFrame) -> None:
         self.replay.check_inputs(cells)
