@@ -294,7 +294,9 @@ def _interrupt_after(storage: Path, finished: int) -> threading.Thread:
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(
     local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path
 ) -> None:
-    config = _config(tiny_params, tmp_path, scheduler="fifo")
+    # 6 trials, 2 at a time: when 2 have finished, trials that have not started yet are still left
+    # (with 4, a fast machine could finish the sweep before the interruption lands)
+    config = _config(tiny_params, tmp_path, scheduler="fifo", num_samples=6)
     storage = tmp_path / "ray_results"
     watcher = _interrupt_after(storage, finished=2)
     first = _sweep(config, dirs, tmp_path)
@@ -305,7 +307,7 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(
     results = {p.parent.name: p.read_text() for p in storage.glob("*/*/result.json")}
 
     summary = _sweep(config, dirs, tmp_path, resume=True)
-    assert not summary["interrupted"] and summary["n_trials"] == 4 and summary["n_complete"] == 4
+    assert not summary["interrupted"] and summary["n_trials"] == 6 and summary["n_complete"] == 6
     assert summary["sweep_name"] == first["sweep_name"]
     for trial_id, trial in finished.items():  # kept, not rerun
         assert next(t for t in summary["trials"] if t["trial_id"] == trial_id)["metrics"] == trial["metrics"]
