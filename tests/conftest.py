@@ -204,11 +204,13 @@ def build_tiny_project(repo: Path, h5ad: Path) -> dict:
         "register_models": False,
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for part in ("model", "train", "strategies", "metrics"):  # dvc.yaml depends on these sources
-        shutil.copytree(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
-    for part in ("data/batches.py", "evaluate.py", "report.py"):
-        (repo / "src" / "gil" / part).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "src" / "gil" / part, repo / "src" / "gil" / part)
+    for source in _source_deps(pipeline):  # dvc.yaml depends on these files of the project
+        target = repo / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(ROOT / source, target)
     dvc = [sys.executable, "-m", "dvc"]
     _run_checked(["git", "init", "-q"], repo, env)
     _run_checked([*dvc, "init", "-q"], repo, env)
@@ -218,6 +220,16 @@ def build_tiny_project(repo: Path, h5ad: Path) -> dict:
     _run_checked(["git", "commit", "-qm", "init"], repo, env)
     _run_checked([*dvc, "repro"], repo, env)
     return env
+
+
+def _source_deps(pipeline: dict) -> set[str]:
+    """The dependencies of ``pipeline``'s stages that are files of the project, not stage outputs."""
+    deps = set()
+    for stage in pipeline["stages"].values():
+        for dep in stage.get("do", stage).get("deps", []):
+            if dep.startswith("src/") or dep == "gene_lists":
+                deps.add(dep)
+    return deps
 
 
 @pytest.fixture(scope="session")

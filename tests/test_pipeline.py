@@ -54,6 +54,15 @@ def test_changing_one_strategy_reruns_only_that_strategy(project) -> None:
     assert ran == {"train@replay", "evaluate@replay", "report", "leaderboard"}
 
 
+def test_editing_a_gene_list_reruns_the_split(project) -> None:
+    repo, env = project
+    (repo / "gene_lists" / "stages.yaml").write_text("T1: [gene0001]\n")
+    status = _run([sys.executable, "-m", "dvc", "status", "split"], repo, env)
+    assert "split:" in status and "modified:" in status and "gene_lists" in status
+    (repo / "gene_lists" / "stages.yaml").unlink()
+    assert "up to date" in _run([sys.executable, "-m", "dvc", "status", "split"], repo, env)
+
+
 def test_push_and_pull_round_trip(project) -> None:
     repo, env = project
     _run([sys.executable, "-m", "dvc", "push", "-q"], repo, env)

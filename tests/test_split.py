@@ -273,3 +273,17 @@ def test_split_cli(
 
     missing = run_cli("split", "--params", params, "--processed", tmp_path / "nope", "--out", tmp_path / "x")
     assert missing.code == 2 and "run `gil prepare`" in missing.stderr
+
+
+def test_split_warns_when_the_gene_list_is_outside_the_tracked_directory(
+    tiny_params: dict, tiny_processed: Path, tmp_path: Path, run_cli, write_params, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gene_lists").mkdir()
+    for location in ("gene_lists/stages.yaml", "elsewhere.yaml"):
+        (tmp_path / location).write_text("T1: [gene0010, gene0001]\nT2: [gene0040]\n")
+        tiny_params["split"]["genes"].update({"method": "file", "file": location})
+        result = run_cli("split", "-p", write_params(tiny_params), "--processed", tiny_processed, "--out", "split")
+        assert result.code == 0 and "T1 2" in result.stdout
+        warned = "elsewhere.yaml is outside gene_lists/" in result.stderr
+        assert warned == (location == "elsewhere.yaml"), result.stderr

@@ -23,6 +23,8 @@ app = typer.Typer(
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Params file (YAML).")]
 DEFAULT_PARAMS = Path("params.yaml")
+# Gene lists of `split.genes.method: file` belong here: the split stage of dvc.yaml depends on it.
+GENE_LISTS = Path("gene_lists")
 
 
 def _config(params: Path):  # noqa: ANN202 - returns gil.config.Config
@@ -59,7 +61,15 @@ def split(
     """Write gene sets B, T1..Tn, cell stages and probe tasks, deterministically from split.seed."""
     from gil.data.split import run_split
 
-    typer.echo(run_split(_config(params), processed, out))
+    config = _config(params)
+    typer.echo(run_split(config, processed, out))
+    genes = config.split.genes
+    if genes.method == "file" and GENE_LISTS.resolve() not in genes.file.resolve().parents:
+        typer.echo(
+            f"note: {genes.file} is outside {GENE_LISTS}/, the directory dvc.yaml tracks: `dvc repro` "
+            f"will not notice edits to it; move it into {GENE_LISTS}/",
+            err=True,
+        )
 
 
 @app.command()

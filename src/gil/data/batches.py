@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from gil.data.layout import ProcessedData
+from gil.data.rows import row_reader
 from gil.data.vocab import CLS, NO_SET, PAD, Vocabulary
 
 MASKED_VALUE = -1.0
@@ -60,6 +61,7 @@ class BatchBuilder:
 
     def __init__(self, data: ProcessedData, vocab: Vocabulary, cell_stages: np.ndarray, max_seq: int):
         self.data = data
+        self.rows = row_reader(data)
         self.max_seq = max_seq
         self.token_of_column = vocab.token_of_column(data.gene_names)
         self.set_of_token = vocab.set_of_token()
@@ -67,13 +69,10 @@ class BatchBuilder:
 
     def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Flat (cell position in batch, token, gene set, value) of every non-zero of ``rows``."""
-        starts = self.data.indptr[rows]
-        lengths = self.data.indptr[rows + 1] - starts
+        lengths, columns, values = self.rows.read(rows)
         segment = np.repeat(np.arange(len(rows)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        flat = np.repeat(starts, lengths) + offsets
-        tokens = self.token_of_column[self.data.indices[flat]]
-        return segment, tokens, self.set_of_token[tokens], np.asarray(self.data.values[flat], np.float32)
+        tokens = self.token_of_column[columns]
+        return segment, tokens, self.set_of_token[tokens], values
 
     def training_batch(self, rows: np.ndarray, rng: np.random.Generator, mask_fraction: float) -> Batch:
         """A training batch: each cell restricted to base genes and the genes of its own stage."""

@@ -53,6 +53,12 @@ class ProcessedData:
     genes: pd.DataFrame
     cells: pd.DataFrame
     summary: dict = field(default_factory=dict)
+    # The directory it was memory-mapped from: batches read their rows from its files (gil.data.rows).
+    source: Path | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. to a Ray worker) it carries its arrays, not a path that may not exist there."""
+        return {**self.__dict__, "source": None}
 
     @property
     def n_cells(self) -> int:
@@ -78,6 +84,7 @@ class ProcessedData:
             genes=pd.read_csv(directory / "genes.tsv", sep="\t", dtype={"gene": str}, keep_default_na=False),
             cells=pd.read_csv(directory / "cells.tsv", sep="\t", dtype=str, keep_default_na=False),
             summary=json.loads((directory / "prepare.json").read_text()),
+            source=directory if mmap else None,
         )
 
     def write(self, directory: Path | str) -> None:

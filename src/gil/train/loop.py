@@ -181,7 +181,9 @@ class StageTrainer:
         for epoch in range(self._epochs(stage)):
             self.model.train()
             batches = self.strategy.epoch_batches(ctx, rng)
-            sums: dict[str, float] = {}
+            # Summed on the device in float64 (same numbers as Python floats): reading a value
+            # every step would wait for the GPU every step.
+            sums: dict[str, torch.Tensor] = {}
             n_steps = 0
             bar = tqdm(
                 batches,
@@ -207,10 +209,11 @@ class StageTrainer:
                 schedule.step()
                 n_cells += batch.n_cells
                 for name, value in {"loss": loss, "task_loss": task, **terms}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()
                 n_steps += 1
-                bar.set_postfix(loss=f"{sums['loss'] / n_steps:.4f}", refresh=False)
-            epoch_means = {name: total / max(len(batches), 1) for name, total in sums.items()}
+                if not bar.disable and n_steps % 20 == 0:
+                    bar.set_postfix(loss=f"{float(sums['loss']) / n_steps:.4f}", refresh=False)
+            epoch_means = {name: float(total) / max(len(batches), 1) for name, total in sums.items()}
             record.epochs.append(epoch_means)
             self.tracker.log_metrics(epoch_means, step=epoch)
         record.seconds = time.perf_counter() - started
