@@ -55,7 +55,9 @@ def test_batches_are_identical_from_files_and_from_memory(on_disk) -> None:
     from_memory = BatchBuilder(in_memory, vocab, split.cell_stages, 6).training_batch(
         rows, np.random.default_rng(4), 0.4
     )
-    from_files = BatchBuilder(loaded, vocab, split.cell_stages, 6).training_batch(rows, np.random.default_rng(4), 0.4)
+    from_files = BatchBuilder(loaded, vocab, split.cell_stages, 6).training_batch(
+        rows, np.random.default_rng(4), 0.4
+    )
     for name in ("genes", "values", "targets", "masked", "padding", "gene_sets", "rows"):
         assert np.array_equal(getattr(from_files, name).numpy(), getattr(from_memory, name).numpy()), name
 

@@ -283,7 +283,9 @@ def test_split_warns_when_the_gene_list_is_outside_the_tracked_directory(
     for location in ("gene_lists/stages.yaml", "elsewhere.yaml"):
         (tmp_path / location).write_text("T1: [gene0010, gene0001]\nT2: [gene0040]\n")
         tiny_params["split"]["genes"].update({"method": "file", "file": location})
-        result = run_cli("split", "-p", write_params(tiny_params), "--processed", tiny_processed, "--out", "split")
+        result = run_cli(
+            "split", "-p", write_params(tiny_params), "--processed", tiny_processed, "--out", "split"
+        )
         assert result.code == 0 and "T1 2" in result.stdout
         warned = "elsewhere.yaml is outside gene_lists/" in result.stderr
         assert warned == (location == "elsewhere.yaml"), result.stderr

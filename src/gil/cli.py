@@ -84,6 +84,21 @@ def zeisel(out: Annotated[Path, typer.Argument(help="Where to write the .h5ad.")
 StrategyOption = Annotated[str, typer.Option("--strategy", "-s", help="A name under 'strategies' in params.")]
 ProcessedOption = Annotated[Path, typer.Option(help="Processed data directory.")]
 SplitOption = Annotated[Path, typer.Option("--split", help="Split directory.")]
+JobsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Seeds trained at once, each in its own process (default: compute.jobs). "
+        "Results do not depend on it.",
+    ),
+]
+
+
+def _with_jobs(config, jobs: int | None):  # noqa: ANN001, ANN202 - Config -> Config
+    """``config`` with ``compute.jobs`` replaced by the command-line value, when one is given."""
+    if jobs is None:
+        return config
+    return config.model_copy(update={"compute": config.compute.model_copy(update={"jobs": jobs})})
 
 
 def _tracker(config):  # noqa: ANN001, ANN202 - Config -> Tracker
@@ -133,11 +148,12 @@ def train(
             "(written by `gil train-base`) instead of training it."
         ),
     ] = None,
+    jobs: JobsOption = None,
 ) -> None:
     """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
     from gil.train.loop import train_strategy
 
-    config = _config(params)
+    config = _with_jobs(_config(params), jobs)
     _require_strategy(config, strategy)
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
@@ -166,12 +182,13 @@ def train_base_command(
         list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+    jobs: JobsOption = None,
 ) -> None:
     """Train the strategy-independent base stage once per seed, to be shared by every strategy."""
     from gil.data.layout import ProcessedData, Split
     from gil.train.loop import train_base
 
-    config = _config(params)
+    config = _with_jobs(_config(params), jobs)
     results = train_base(
         config, ProcessedData.load(processed), Split.load(split_dir), out, seeds=seed, fresh=fresh
     )

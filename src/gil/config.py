@@ -145,7 +145,17 @@ class TrainConfig(Section):
     mask_fraction: float = Field(0.4, gt=0, lt=1)
     mvc_weight: float = Field(1.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch threads of each training process (null: torch's default, all cores). Part of what a CPU
+    # run's exact numbers depend on: threads split float sums, so the rounding changes with them.
     threads: int | None = Field(None, ge=1)
+
+
+class ComputeConfig(Section):
+    """How the work is spread over processes; results do not depend on it (so DVC does not track it)."""
+
+    # Seeds trained at once, each in its own process with train.threads threads. On a CPU, several
+    # one-thread processes use the cores better than one process whose threads wait on each other.
+    jobs: int = Field(1, ge=1)
 
 
 class ProbeConfig(Section):
@@ -194,6 +204,7 @@ class Config(Section):
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    compute: ComputeConfig = ComputeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     strategies: dict[str, StrategyEntry] = Field(default_factory=dict)
     benchmark: list[str] = Field(default_factory=list)
@@ -268,12 +279,14 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_params(config: Config, strategy_name: str) -> dict[str, Any]:
     """The resolved, flattened config that one strategy's runs depend on.
 
-    Other strategies' entries, the benchmark list, tracking and sweep settings are left out, so
-    that changing them does not change this strategy's run identity; so are the evaluation
+    Other strategies' entries, the benchmark list, tracking, sweep and compute settings are left
+    out, so that changing them does not change this strategy's run identity; so are the evaluation
     settings: a re-evaluation reports on the runs that training opened (its settings go to tags,
     see :func:`evaluation_tags`).
     """
-    raw = config.model_dump(mode="json", exclude={"strategies", "benchmark", "tracking", "sweep", "evaluate"})
+    raw = config.model_dump(
+        mode="json", exclude={"strategies", "benchmark", "tracking", "sweep", "evaluate", "compute"}
+    )
     raw["model"] = {**raw["model"], **config.model.resolved()}
     raw["strategy"] = {"name": strategy_name, **config.strategies[strategy_name].model_dump(mode="json")}
     return flatten(raw)

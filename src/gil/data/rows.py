@@ -64,7 +64,9 @@ class RowFiles:
         self._sources: list[_ArrayFile] = []
         for name, dtype in (("indices.npy", np.dtype(np.int32)), ("values.npy", np.dtype(np.float32))):
             offset = _data_offset(directory / name, dtype)
-            self._sources.append(_ArrayFile(os.open(directory / name, os.O_RDONLY), offset, dtype, directory / name))
+            self._sources.append(
+                _ArrayFile(os.open(directory / name, os.O_RDONLY), offset, dtype, directory / name)
+            )
 
     def __del__(self) -> None:
         for source in getattr(self, "_sources", []):
@@ -83,9 +85,11 @@ class RowFiles:
         buffer = memoryview(out).cast("B")
         size = source.dtype.itemsize
         position = 0
-        for start, length in zip(starts.tolist(), lengths.tolist()):
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
             wanted = length * size
-            got = os.preadv(source.descriptor, [buffer[position : position + wanted]], source.offset + start * size)
+            got = os.preadv(
+                source.descriptor, [buffer[position : position + wanted]], source.offset + start * size
+            )
             if got != wanted:
                 raise GilError(f"{source.path} ends early (truncated); re-run `gil prepare`")
             position += wanted

@@ -14,15 +14,16 @@ Why it is built this way:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from gil.config import Config
+from gil.config import Config, run_params
 from gil.data.batches import Batch, BatchBuilder
 from gil.data.layout import ProcessedData, Split
 from gil.data.vocab import Vocabulary
@@ -57,6 +58,12 @@ def pick_device(setting: str) -> torch.device:
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; disabled on the CPU (fp32 there, for exact reproducibility)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def use_threads(config: Config) -> None:
+    """Run torch with ``train.threads`` intra-op threads (unset: torch's default)."""
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
 
 
 def build_model(config: Config, vocab: Vocabulary, seed: int) -> GeneTransformer:
@@ -296,15 +303,27 @@ class StageTrainer:
             imported = stage == 0 and self.base_dir is not None
             record = self.import_base() if imported else self.train_stage(stage)
             self.save(stage, record)
-            self.tracker.log_metrics(
-                {"cells_per_second": record.cells_per_second, "stage_seconds": record.seconds}
-            )
-            self.tracker.log_stage_model(stage, self.model, self.vocab.genes_through(stage))
-            self.tracker.end_stage()
+            self._log_stage_end(record)
             records.append(record)
             if on_stage_end is not None:
                 on_stage_end(stage, self.model)
         return records
+
+    def _log_stage_end(self, record: StageRecord) -> None:
+        self.tracker.log_metrics(
+            {"cells_per_second": record.cells_per_second, "stage_seconds": record.seconds}
+        )
+        self.tracker.log_stage_model(record.stage, self.model, self.vocab.genes_through(record.stage))
+        self.tracker.end_stage()
+
+    def log_trained_stages(self, records: list[StageRecord]) -> None:
+        """Record stages that another process trained, from their checkpoints, as :meth:`run` would."""
+        for record in records:
+            self.tracker.begin_stage(record.stage)
+            self.restore(record.stage)
+            for epoch, epoch_means in enumerate(record.epochs):
+                self.tracker.log_metrics(epoch_means, step=epoch)
+            self._log_stage_end(record)
 
 
 def load_stage_model(checkpoint: dict, device: torch.device | str = "cpu") -> GeneTransformer:
@@ -330,14 +349,14 @@ def train_strategy(
     """Train ``strategy_name`` for every seed into ``checkpoints/seed_<seed>/stage_<k>.pt``.
 
     Each seed is one tracked parent run: opened fresh, or reopened when resuming from checkpoints;
-    an exception marks it FAILED before it propagates.
+    an exception marks it FAILED before it propagates. With ``compute.jobs`` > 1 the seeds train in
+    worker processes and each is recorded once it has finished (a seed that fails records nothing;
+    the others are recorded before its error is raised).
     """
-    from gil.config import run_params
-
     tracker = tracker or NullTracker()
-    results = {}
-    for seed in seeds if seeds is not None else config.train.seeds:
-        trainer = StageTrainer(
+    use_threads(config)
+    trainers = {
+        seed: StageTrainer(
             config,
             strategy_name,
             seed,
@@ -348,11 +367,14 @@ def train_strategy(
             progress=progress,
             base_dir=base_dir,
         )
-        done = completed_stages(trainer.run_dir)
-        resuming = bool(done) and not fresh
-        if resuming:  # refuse a stale or corrupt checkpoint before any run is opened
-            load_checkpoint(stage_path(trainer.run_dir, done[-1]), trainer.fingerprint)
-        tracker.begin_run(strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming)
+        for seed in (seeds if seeds is not None else config.train.seeds)
+    }
+    resuming = {seed: _check_resumable(trainer, fresh) for seed, trainer in trainers.items()}
+
+    def record(seed: int, train: Callable[[], list[StageRecord]]) -> list[StageRecord]:
+        tracker.begin_run(
+            strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming[seed]
+        )
         tracker.log_dataset(
             config.dataset.name,
             config.dataset.path,
@@ -361,12 +383,75 @@ def train_strategy(
             data.n_genes,
         )
         try:
-            results[seed] = trainer.run(fresh=fresh)
+            records = train()
         except BaseException:
             tracker.end_run("FAILED")
             raise
         tracker.end_run("FINISHED")
+        return records
+
+    if config.compute.jobs == 1 or len(trainers) == 1:
+        return {seed: record(seed, partial(trainer.run, fresh=fresh)) for seed, trainer in trainers.items()}
+    results = {}
+    for seed, records in _train_in_workers(config, strategy_name, trainers, fresh, base_dir, progress):
+        results[seed] = record(seed, partial(_log_from_checkpoints, trainers[seed], records))
     return results
+
+
+def _log_from_checkpoints(trainer: StageTrainer, records: list[StageRecord]) -> list[StageRecord]:
+    trainer.log_trained_stages(records)
+    return records
+
+
+def _check_resumable(trainer: StageTrainer, fresh: bool) -> bool:
+    """Whether the run resumes from checkpoints; a stale or corrupt one is refused before any work."""
+    done = completed_stages(trainer.run_dir)
+    if done and not fresh:
+        load_checkpoint(stage_path(trainer.run_dir, done[-1]), trainer.fingerprint)
+        return True
+    return False
+
+
+def _train_in_workers(
+    config: Config,
+    strategy_name: str | None,
+    trainers: dict[int, StageTrainer],
+    fresh: bool,
+    base_dir: Path | None,
+    progress: bool,
+) -> Iterator[tuple[int, list[StageRecord]]]:
+    """Train every seed in ``compute.jobs`` processes; yield each finished seed's records.
+
+    The first error is raised once every other seed has finished and been yielded, so no finished
+    work is lost.
+    """
+    from gil.train.parallel import SeedJob, data_for_workers, train_in_processes
+
+    first = next(iter(trainers.values()))
+    jobs = [
+        SeedJob(
+            config, strategy_name, seed, data_for_workers(first.data), first.split, t.run_dir, base_dir, fresh
+        )
+        for seed, t in trainers.items()
+    ]
+    label = strategy_name or "base"
+    processes = min(config.compute.jobs, len(jobs))
+    bar = tqdm(
+        total=len(jobs),
+        desc=f"{label}: {len(jobs)} seeds in {processes} processes",
+        unit="seed",
+        disable=None if progress else True,
+    )
+    failure: BaseException | None = None
+    for seed, outcome in train_in_processes(jobs, processes):
+        bar.update()
+        if isinstance(outcome, BaseException):
+            failure = failure or outcome
+            continue
+        yield seed, outcome
+    bar.close()
+    if failure is not None:
+        raise failure
 
 
 def train_base(
@@ -379,8 +464,11 @@ def train_base(
     progress: bool = True,
 ) -> dict[int, list[StageRecord]]:
     """Train the strategy-independent base stage once per seed into ``out/seed_<seed>/stage_0.pt``."""
-    results = {}
-    for seed in seeds if seeds is not None else config.train.seeds:
-        trainer = StageTrainer(config, None, seed, data, split, out / f"seed_{seed}", progress=progress)
-        results[seed] = trainer.run(fresh=fresh)
-    return results
+    use_threads(config)
+    trainers = {
+        seed: StageTrainer(config, None, seed, data, split, out / f"seed_{seed}", progress=progress)
+        for seed in (seeds if seeds is not None else config.train.seeds)
+    }
+    if config.compute.jobs == 1 or len(trainers) == 1:
+        return {seed: trainer.run(fresh=fresh) for seed, trainer in trainers.items()}
+    return dict(_train_in_workers(config, None, trainers, fresh, None, progress))
