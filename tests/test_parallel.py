@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from gil.data.layout import ProcessedData
 from gil.errors import GilError
+from gil.evaluate import evaluate_strategy
 from gil.tracking.mlflow_tracker import MlflowTracker
 from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.loop import train_base, train_strategy
@@ -55,6 +56,7 @@ def test_parallel_seeds_give_the_sequential_checkpoints_and_runs(tmp_path, on_di
                 base_dir=tmp_path / f"base_{out}",
             )
             assert sorted(results) == [0, 1] and [r.stage for r in results[1]] == [0, 1, 2]
+        document = evaluate_strategy(_config(2), "replay", data, split, tmp_path / "par", tracker=tracker)
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("gil-parallel").experiment_id])
         mlflow.set_tracking_uri(None)
@@ -69,6 +71,7 @@ def test_parallel_seeds_give_the_sequential_checkpoints_and_runs(tmp_path, on_di
                 _weights(tmp_path / "par", seed, stage),
             )
             assert all(torch.equal(sequential[key], parallel[key]) for key in sequential)
+    assert list(document["per_seed"]) == ["0", "1"]
     # the second (parallel) training superseded the first: one live parent per seed, 3 stages each
     live = [r for r in runs if r.data.tags.get("gil.superseded") == "false"]
     parents = [r for r in live if r.data.tags["gil.kind"] == "parent"]
@@ -79,7 +82,8 @@ def test_parallel_seeds_give_the_sequential_checkpoints_and_runs(tmp_path, on_di
         assert sorted(r.data.tags["gil.stage"] for r in stages) == ["0", "1", "2"]
         stage1 = next(r for r in stages if r.data.tags["gil.stage"] == "1")
         assert [m.step for m in client.get_metric_history(stage1.info.run_id, "task_loss")] == [0, 1]
-        assert "cells_per_second" in stage1.data.metrics
+        assert "cells_per_second" in stage1.data.metrics and "mse_T1" in stage1.data.metrics
+        assert "delta" in parent.data.metrics
 
 
 def test_a_failing_seed_fails_the_command_and_the_others_still_finish(tmp_path, on_disk) -> None:

@@ -14,7 +14,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,7 @@ from gil.train.checkpoint import (
     save_checkpoint,
     stage_path,
 )
+from gil.train.parallel import SeedJob, run_seeds_in_processes, seed_jobs
 
 
 def derive_seed(*parts: int) -> int:
@@ -392,10 +393,21 @@ def train_strategy(
 
     if config.compute.jobs == 1 or len(trainers) == 1:
         return {seed: record(seed, partial(trainer.run, fresh=fresh)) for seed, trainer in trainers.items()}
-    results = {}
-    for seed, records in _train_in_workers(config, strategy_name, trainers, fresh, base_dir, progress):
-        results[seed] = record(seed, partial(_log_from_checkpoints, trainers[seed], records))
-    return results
+    jobs = seed_jobs(
+        config,
+        list(trainers),
+        data,
+        strategy_name=strategy_name,
+        split=split,
+        checkpoints=checkpoints,
+        base_dir=base_dir,
+        fresh=fresh,
+    )
+    results = {
+        seed: record(seed, partial(_log_from_checkpoints, trainers[seed], records))
+        for seed, records in run_seeds_in_processes(_train_seed, jobs, strategy_name, progress)
+    }
+    return dict(sorted(results.items()))
 
 
 def _log_from_checkpoints(trainer: StageTrainer, records: list[StageRecord]) -> list[StageRecord]:
@@ -412,46 +424,21 @@ def _check_resumable(trainer: StageTrainer, fresh: bool) -> bool:
     return False
 
 
-def _train_in_workers(
-    config: Config,
-    strategy_name: str | None,
-    trainers: dict[int, StageTrainer],
-    fresh: bool,
-    base_dir: Path | None,
-    progress: bool,
-) -> Iterator[tuple[int, list[StageRecord]]]:
-    """Train every seed in ``compute.jobs`` processes; yield each finished seed's records.
-
-    The first error is raised once every other seed has finished and been yielded, so no finished
-    work is lost.
-    """
-    from gil.train.parallel import SeedJob, data_for_workers, train_in_processes
-
-    first = next(iter(trainers.values()))
-    jobs = [
-        SeedJob(
-            config, strategy_name, seed, data_for_workers(first.data), first.split, t.run_dir, base_dir, fresh
-        )
-        for seed, t in trainers.items()
-    ]
-    label = strategy_name or "base"
-    processes = min(config.compute.jobs, len(jobs))
-    bar = tqdm(
-        total=len(jobs),
-        desc=f"{label}: {len(jobs)} seeds in {processes} processes",
-        unit="seed",
-        disable=None if progress else True,
+def _train_seed(job: SeedJob) -> list[StageRecord]:
+    """Worker entry point: train one seed's remaining stages (no tracker); return its records."""
+    use_threads(job.config)
+    run_dir = job.checkpoints / f"seed_{job.seed}"
+    trainer = StageTrainer(
+        job.config,
+        job.strategy_name,
+        job.seed,
+        job.load_data(),
+        job.split,
+        run_dir,
+        progress=False,
+        base_dir=job.base_dir,
     )
-    failure: BaseException | None = None
-    for seed, outcome in train_in_processes(jobs, processes):
-        bar.update()
-        if isinstance(outcome, BaseException):
-            failure = failure or outcome
-            continue
-        yield seed, outcome
-    bar.close()
-    if failure is not None:
-        raise failure
+    return trainer.run(fresh=job.fresh)
 
 
 def train_base(
@@ -471,4 +458,7 @@ def train_base(
     }
     if config.compute.jobs == 1 or len(trainers) == 1:
         return {seed: trainer.run(fresh=fresh) for seed, trainer in trainers.items()}
-    return dict(_train_in_workers(config, None, trainers, fresh, None, progress))
+    jobs = seed_jobs(
+        config, list(trainers), data, strategy_name=None, split=split, checkpoints=out, fresh=fresh
+    )
+    return dict(sorted(run_seeds_in_processes(_train_seed, jobs, "base", progress)))
