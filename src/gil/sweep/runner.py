@@ -415,6 +415,17 @@ def _experiment_name(storage: Path, strategy: str, resume: bool) -> str:
     return candidates[-1].name
 
 
+def _checkpointed_stage(result: tune.Result) -> float | None:
+    """The last stage whose Ray checkpoint the driver registered (what a resumed trial restarts from).
+
+    A trial reports a stage and its checkpoint together, but the driver writes the result first and
+    registers the checkpoint a moment later: a sweep interrupted in between has the final stage's
+    metrics but will repeat that stage on ``--resume``, so it is not complete yet.
+    """
+    stages = [metrics.get("stage") for _, metrics in result.best_checkpoints or []]
+    return max((stage for stage in stages if stage is not None), default=None)
+
+
 def _trial_records(
     results: tune.ResultGrid, n_stages: int, interrupted: bool, child_runs: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -422,7 +433,7 @@ def _trial_records(
     records = []
     for result in results:
         metrics = result.metrics or {}
-        complete = metrics.get("stage") == n_stages
+        complete = metrics.get("stage") == n_stages and _checkpointed_stage(result) == n_stages
         if result.error is not None:
             status = "FAILED"
         else:
