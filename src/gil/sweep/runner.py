@@ -5,7 +5,9 @@ One trial trains the strategy through every stage with sampled hyperparameters (
 of the results matrix is known after stage ``s``. The trial reports the objective of the partial
 matrix after every stage (``training_iteration = stage + 1``), with a Ray checkpoint holding the
 stage checkpoint and the rows so far: a crashed trial is retried from its last finished stage, and
-an interrupted sweep resumed with ``Tuner.restore`` repeats no finished stage of any trial.
+an interrupted sweep resumed with ``Tuner.restore`` repeats no stage whose checkpoint Ray had
+registered (only a stage interrupted between its report and that registration runs again; such a
+trial is not counted complete in the interrupted sweep's summary).
 
 Decisions (why):
 
