@@ -164,9 +164,6 @@ def test_best_params_written_back_keep_the_rest_of_params_yaml(tmp_path: Path) -
     ]
 
 
-# --- real sweeps (slow) -----------------------------------------------------------------------------
-
-
 def test_a_trial_whose_last_checkpoint_is_not_registered_is_not_complete(tmp_path: Path) -> None:
     """Interrupted between reporting its last stage and Ray registering that stage's checkpoint, a
     trial repeats the stage on resume: it must not be counted (or picked as best) as complete."""
@@ -188,6 +185,9 @@ def test_a_trial_whose_last_checkpoint_is_not_registered_is_not_complete(tmp_pat
     records = {r["trial_id"]: r for r in _trial_records(results, N_STAGES, interrupted=True, child_runs={})}
     assert (records["saved"]["complete"], records["saved"]["status"]) == (True, "FINISHED")
     assert (records["unsaved"]["complete"], records["unsaved"]["status"]) == (False, "KILLED")
+
+
+# --- real sweeps (slow) -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
