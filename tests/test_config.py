@@ -19,7 +19,7 @@ def _raw(**sections) -> dict:
         (_raw(train={"learning_rate": 0.1}), r"train\.learning_rate: unknown key"),
         (_raw(model={"preset": "huge"}), r"model\.preset"),
         (_raw(split={"eval_fraction": 1.5}), r"split\.eval_fraction"),
-        (_raw(split={"probe_fractions": [0.5, 0.5, 0.5]}), r"split\.probe_fractions"),
+        (_raw(evaluate={"probe": {"folds": 1}}), r"evaluate\.probe\.folds"),
         (_raw(split={"genes": {"method": "file"}}), r"split\.genes.*file"),
         (_raw(benchmark=["missing"]), r"benchmark.*missing"),
         ({"train": {}}, r"dataset: required key is missing"),

@@ -195,6 +195,31 @@ def train_base_command(
     _print_speeds("base", results)
 
 
+ReferenceOption = Annotated[Path, typer.Option(help="Reference points file (`gil reference`).")]
+DEFAULT_REFERENCE = Path("metrics/reference.json")
+
+
+@app.command()
+def reference(
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = Path("data/processed"),
+    split_dir: SplitOption = Path("data/split"),
+    out: ReferenceOption = DEFAULT_REFERENCE,
+) -> None:
+    """Reference points: per-gene-mean predictor loss per gene set, majority and raw-expression probes."""
+    from gil.data.layout import ProcessedData, Split
+    from gil.files import write_json
+    from gil.reference import compute_reference
+
+    document = compute_reference(_config(params), ProcessedData.load(processed), Split.load(split_dir))
+    write_json(out, document)
+    mse = ", ".join(f"{v:.3f}" for v in document["gene_mean_mse"])
+    typer.echo(f"per-gene-mean predictor MSE per gene set: {mse} -> {out}")
+    for name, task in document["probe"].items():
+        raw = ", ".join(f"{v:.2f}" for v in task["raw_accuracy"])
+        typer.echo(f"task {name}: majority {task['majority_rate']:.2f}, raw-expression probe per stage {raw}")
+
+
 @app.command()
 def evaluate(
     strategy: StrategyOption,
@@ -204,14 +229,20 @@ def evaluate(
     checkpoints: Annotated[
         Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
     ] = None,
+    reference_file: Annotated[
+        Path, typer.Option("--reference", help="Reference points file (`gil reference`).")
+    ] = DEFAULT_REFERENCE,
     out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
 ) -> None:
     """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
     from gil.evaluate import evaluate_strategy
-    from gil.files import write_json
+    from gil.files import read_json, write_json
 
     config = _config(params)
     _require_strategy(config, strategy)
+    if not reference_file.is_file():
+        raise GilError(f"{reference_file} not found; run `gil reference` first (or `dvc repro`)")
+    reference_document = read_json(reference_file)
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
     document = evaluate_strategy(
@@ -220,6 +251,7 @@ def evaluate(
         data,
         split,
         checkpoints or Path("checkpoints") / strategy,
+        reference_document,
         tracker=tracker,
         tags=tags,
     )

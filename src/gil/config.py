@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gil.errors import GilError
 
@@ -81,28 +81,52 @@ class SplitConfig(Section):
     seed: int = 0
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     base_fraction: float = Field(0.5, gt=0, lt=1)
-    probe_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     genes: GeneSplitConfig = GeneSplitConfig()
     tasks: list[TaskConfig] = Field(default_factory=list)
-
-    @field_validator("probe_fractions")
-    @classmethod
-    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f <= 0 for f in value) or abs(sum(value) - 1) > 1e-6:
-            raise ValueError("train/val/test fractions must be positive and sum to 1")
-        return value
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's model (for GPUs).
-    "paper": {"n_layers": 6, "d_model": 256, "n_heads": 8, "d_ff": 256, "dropout": 0.15, "max_seq": 512},
+    "paper": {
+        "n_layers": 6,
+        "d_model": 256,
+        "n_heads": 8,
+        "d_ff": 256,
+        "dropout": 0.15,
+        "max_seq": 512,
+        "gene_init_std": 0.02,
+    },
     # The configuration of the throughput benchmark (issue: performance).
-    "bench": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 128, "dropout": 0.15, "max_seq": 256},
+    "bench": {
+        "n_layers": 4,
+        "d_model": 128,
+        "n_heads": 4,
+        "d_ff": 128,
+        "dropout": 0.15,
+        "max_seq": 256,
+        "gene_init_std": 0.02,
+    },
     # Small enough that the default pipeline finishes in minutes on 2 CPU cores. No dropout: on the
     # CPU, drawing dropout masks took about a quarter of a training step (torch.profiler).
-    "cpu": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "dropout": 0.0, "max_seq": 128},
+    "cpu": {
+        "n_layers": 2,
+        "d_model": 64,
+        "n_heads": 4,
+        "d_ff": 128,
+        "dropout": 0.0,
+        "max_seq": 128,
+        "gene_init_std": 0.02,
+    },
     # For tests.
-    "tiny": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "dropout": 0.0, "max_seq": 32},
+    "tiny": {
+        "n_layers": 2,
+        "d_model": 16,
+        "n_heads": 2,
+        "d_ff": 32,
+        "dropout": 0.0,
+        "max_seq": 32,
+        "gene_init_std": 0.02,
+    },
 }
 
 
@@ -116,6 +140,7 @@ class ModelConfig(Section):
     d_ff: int | None = Field(None, ge=1)
     dropout: float | None = Field(None, ge=0, lt=1)
     max_seq: int | None = Field(None, ge=2)
+    gene_init_std: float | None = Field(None, gt=0, description="std of every gene embedding row at creation")
     vocabulary: Literal["growing", "preallocated"] = "growing"
 
     def resolved(self) -> dict[str, Any]:
@@ -144,6 +169,10 @@ class TrainConfig(Section):
     warmup_steps: int = Field(50, ge=0)
     mask_fraction: float = Field(0.4, gt=0, lt=1)
     mvc_weight: float = Field(1.0, ge=0)
+    # How a cell with more than max_seq genes is sampled (gil.data.batches): a fraction of the cells
+    # with weights (uniform | log1p | shifted), the others uniformly.
+    gene_sampling: Literal["uniform", "log1p", "shifted"] = "log1p"
+    weighted_fraction: float = Field(0.5, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch threads of each training process (null: torch's default, all cores). Part of what a CPU
     # run's exact numbers depend on: threads split float sums, so the rounding changes with them.
@@ -159,8 +188,10 @@ class ComputeConfig(Section):
 
 
 class ProbeConfig(Section):
-    """Linear and kNN probes on frozen ``<cls>`` embeddings."""
+    """Linear and kNN probes on frozen ``<cls>`` embeddings, cross-validated over the task's cells."""
 
+    input: Literal["top_expressed", "sampled"] = "top_expressed"
+    folds: int = Field(5, ge=3, description="cross-validation folds (one tests, the next selects C)")
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
     knn_k: int = Field(10, ge=1)
 
@@ -170,6 +201,7 @@ class EvaluateConfig(Section):
 
     seed: int = 1234
     max_seq: int | None = Field(None, ge=2, description="defaults to model.max_seq")
+    gene_sampling: Literal["uniform", "log1p", "shifted"] = "uniform"
     repeats: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1)
     probe: ProbeConfig = ProbeConfig()

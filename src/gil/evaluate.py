@@ -3,6 +3,11 @@
 Output: ``metrics/<strategy>.json`` (DVC metrics) with the mean matrix over seeds, summaries as
 ``*_mean``/``*_std`` over seeds (the plain name holds the mean), probe accuracies per stage, and every
 seed's own numbers under ``per_seed``. Undefined values (NaN) are written as ``null``.
+
+Every document carries the reference points of ``gil reference`` (:mod:`gil.reference`): the
+per-gene-mean predictor's loss on each gene set (and the skill ``1 − R/b`` derived from it), the
+majority-class rate and the raw-expression probe of each task. It also carries what each stage
+cost (optimizer steps, cells processed) and how far each gene set's embedding rows moved.
 """
 
 from __future__ import annotations
@@ -15,17 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gil.config import Config, evaluation_tags, run_params
 from gil.data.batches import BatchBuilder
-from gil.data.layout import EVAL_STAGE, ProcessedData, Split
+from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
 from gil.data.vocab import Vocabulary
-from gil.metrics import accuracy_delta, mean_std, summarize
-from gil.metrics.probes import cell_embeddings, fit_probes, task_rows
-from gil.metrics.regression import regression_row
+from gil.errors import GilError
+from gil.metrics import final_skill, mean_std, new_set_skill, skill, summarize
+from gil.metrics.probes import (
+    ProbeResult,
+    cell_embeddings,
+    cross_validated_probe,
+    input_expression,
+    paired_delta,
+)
+from gil.metrics.regression import RegressionRow, regression_row
+from gil.model import GeneTransformer
 from gil.tracking.base import NullTracker, Tracker
 from gil.train.checkpoint import load_checkpoint, stage_path
-from gil.train.loop import derive_seed, load_stage_model, pick_device, run_fingerprint
+from gil.train.loop import derive_seed, load_stage_model, pick_device, record_of, run_fingerprint
 
 HEADLINE = (
     "pooled masked-value MSE of the MLM head over all masked positions of each gene set "
@@ -35,6 +49,7 @@ EVALUATION_NOTE = (
     "fixed evaluation seed: every stage's model is scored on the same held-out cells, gene samples "
     "and masks, restricted to the genes it has seen"
 )
+PROBE_KEYS = ("accuracy", "accuracy_se", "macro_f1", "knn_accuracy")
 
 
 def _clean(value: Any) -> Any:
@@ -56,35 +71,142 @@ def _nan_square(size: int) -> np.ndarray:
     return np.full((size, size), np.nan)
 
 
+class EvaluationInputs:
+    """The fixed evaluation of a config and split: cells, batches, seeds and probe protocol.
+
+    Shared by the strategies' evaluation and the reference predictors (:mod:`gil.reference`), so
+    both are scored on exactly the same positions, masks and probe inputs.
+    """
+
+    def __init__(self, config: Config, data: ProcessedData, split: Split):
+        self.config, self.split = config, split
+        self.vocab = Vocabulary.from_split(split)
+        self.max_seq = config.evaluate.max_seq or config.model.resolved()["max_seq"]
+        self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
+        self.device = pick_device(config.train.device)
+        self.eval_rows = split.cells_of_stage(EVAL_STAGE)
+        self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
+
+    def regression(self, model: torch.nn.Module, stage: int) -> RegressionRow:
+        """Row ``stage`` of ``R`` for ``model`` (which knows the gene sets ``0..stage``)."""
+        cfg = self.config.evaluate
+        return regression_row(
+            model,
+            self.builder,
+            self.eval_rows,
+            stage,
+            self.pass_seeds,
+            cfg.batch_size,
+            self.config.train.mask_fraction,
+            self.max_seq,
+            self.device,
+            cfg.gene_sampling,
+        )
+
+    def probe(self, features: np.ndarray, task: Task) -> ProbeResult:
+        cfg = self.config.evaluate
+        return cross_validated_probe(
+            features, task.targets, cfg.probe.folds, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed
+        )
+
+    def embeddings(self, model: GeneTransformer, task: Task, stage: int) -> np.ndarray:
+        cfg = self.config.evaluate
+        return cell_embeddings(
+            model,
+            self.builder,
+            task.cells,
+            stage,
+            cfg.seed,
+            cfg.batch_size,
+            self.max_seq,
+            self.device,
+            cfg.probe.input,
+        )
+
+    def input_expression(self, task: Task, stage: int) -> np.ndarray:
+        cfg = self.config.evaluate
+        return input_expression(
+            self.builder, task.cells, stage, cfg.seed, cfg.batch_size, self.max_seq, cfg.probe.input
+        )
+
+
+def reference_settings(config: Config, split: Split) -> dict[str, Any]:
+    """What a reference document must have been computed under to serve this evaluation."""
+    return {
+        "gene_sets": split.set_names,
+        "evaluate": config.evaluate.model_dump(mode="json", exclude={"batch_size"}),
+        "mask_fraction": config.train.mask_fraction,
+        "max_seq": config.evaluate.max_seq or config.model.resolved()["max_seq"],
+    }
+
+
+def check_reference(reference: dict[str, Any], split: Split, config: Config) -> None:
+    """Refuse a reference document made for another split or other evaluation settings."""
+    if reference.get("settings") != _clean(reference_settings(config, split)):
+        raise GilError(
+            "the reference (gil reference) was computed for another split or other evaluation settings; "
+            "rerun `gil reference` (or `dvc repro`)"
+        )
+
+
 @dataclass
 class SeedEvaluation:
-    """Every number of one seed's run."""
+    """Every number of one seed's run (matrices: row = after stage, column = gene set)."""
 
     mse: np.ndarray
     mse_per_gene: np.ndarray
     pearson: np.ndarray
+    embedding_cosine: np.ndarray
     seen_mse: list[float]
-    probes: dict[str, dict[str, list[float]]]
+    probes: dict[str, list[ProbeResult]]
+    optimizer_steps: list[int]
+    cells_processed: list[int]
     stage_metrics: list[dict[str, float]]  # what each stage run records (NaN left out)
 
-    def summary(self, learned_at: dict[str, int]) -> dict[str, Any]:
+    def summary(self, tasks: list[Task], reference: dict[str, Any]) -> dict[str, Any]:
+        baseline = reference["gene_mean_mse"]
         regression = {
             "matrix": self.mse,
             "matrix_per_gene": self.mse_per_gene,
             "pearson": self.pearson,
+            "skill": skill(self.mse, baseline),
             "seen_mse": self.seen_mse,
             **summarize(self.mse),
+            "skill_new": new_set_skill(self.mse, baseline),
+            "skill_final": final_skill(self.mse, baseline),
         }
-        tasks = {
-            name: {
-                **scores,
-                "learned_at": learned_at[name],
-                "delta": accuracy_delta(scores["accuracy"], learned_at[name]),
+        probe_tasks = {}
+        for task in tasks:
+            results = self.probes[task.name]
+            delta, delta_se = paired_delta(results[-1].correct, results[task.learned_at].correct)
+            probe_tasks[task.name] = {
+                **{key: [getattr(result, key) for result in results] for key in PROBE_KEYS},
+                "learned_at": task.learned_at,
+                "delta": delta,
+                "delta_se": delta_se,
             }
-            for name, scores in self.probes.items()
+        deltas = [t["delta"] for t in probe_tasks.values()]
+        ses = np.array([t["delta_se"] for t in probe_tasks.values()])
+        return {
+            "regression": regression,
+            "probe": {
+                "tasks": probe_tasks,
+                "delta": float(np.mean(deltas)) if deltas else float("nan"),
+                "delta_se": float(np.sqrt(np.sum(ses**2)) / len(ses)) if len(ses) else float("nan"),
+            },
+            "embedding_cosine": self.embedding_cosine,
+            "compute": _compute_summary(self.optimizer_steps, self.cells_processed),
         }
-        probe_delta = float(np.mean([t["delta"] for t in tasks.values()])) if tasks else float("nan")
-        return {"regression": regression, "probe": {"tasks": tasks, "delta": probe_delta}}
+
+
+def _compute_summary(steps: list[int], cells: list[int]) -> dict[str, Any]:
+    """Per-stage optimizer steps and cells processed, with totals over the incremental stages."""
+    return {
+        "optimizer_steps": steps,
+        "cells_processed": cells,
+        "optimizer_steps_incremental": sum(steps[1:]),
+        "cells_processed_incremental": sum(cells[1:]),
+    }
 
 
 class Evaluator:
@@ -92,13 +214,8 @@ class Evaluator:
 
     def __init__(self, config: Config, strategy: str, data: ProcessedData, split: Split, checkpoints: Path):
         self.config, self.strategy, self.split, self.checkpoints = config, strategy, split, checkpoints
-        self.vocab = Vocabulary.from_split(split)
-        sizes = config.model.resolved()
-        self.max_seq = config.evaluate.max_seq or sizes["max_seq"]
-        self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
-        self.device = pick_device(config.train.device)
-        self.eval_rows = split.cells_of_stage(EVAL_STAGE)
-        self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
+        self.inputs = EvaluationInputs(config, data, split)
+        self.vocab = self.inputs.vocab
 
     def check_checkpoints(self) -> None:
         """Refuse missing, corrupt or stale checkpoints of any seed before anything is tracked."""
@@ -107,77 +224,72 @@ class Evaluator:
             for stage in range(self.split.n_stages + 1):
                 load_checkpoint(stage_path(self.checkpoints / f"seed_{seed}", stage), expected, mmap=True)
 
-    def evaluate_seed(self, seed: int) -> SeedEvaluation:
+    def evaluate_seed(self, seed: int, reference: dict[str, Any]) -> SeedEvaluation:
         """Rows 0..n of the results matrix and probe scores after every stage for one seed."""
         n_sets = self.split.n_stages + 1
         result = SeedEvaluation(
-            _nan_square(n_sets),
-            _nan_square(n_sets),
-            _nan_square(n_sets),
-            [],
-            {t.name: {"accuracy": [], "macro_f1": [], "knn_accuracy": []} for t in self.split.tasks},
-            [],
+            *(_nan_square(n_sets) for _ in range(4)),
+            seen_mse=[],
+            probes={task.name: [] for task in self.split.tasks},
+            optimizer_steps=[],
+            cells_processed=[],
+            stage_metrics=[],
         )
         expected = run_fingerprint(self.config, self.strategy, seed, self.vocab, self.split)
-        cfg = self.config.evaluate
         for stage in range(n_sets):
             payload = load_checkpoint(stage_path(self.checkpoints / f"seed_{seed}", stage), expected)
-            model = load_stage_model(payload, self.device)
-            row = regression_row(
-                model,
-                self.builder,
-                self.eval_rows,
-                stage,
-                self.pass_seeds,
-                cfg.batch_size,
-                self.config.train.mask_fraction,
-                self.max_seq,
-                self.device,
-            )
+            record = record_of(payload)
+            result.optimizer_steps.append(record.optimizer_steps)
+            result.cells_processed.append(record.cells_processed)
+            result.embedding_cosine[stage, : stage + 1] = record.embedding_cosine
+            model = load_stage_model(payload, self.inputs.device)
+            row = self.inputs.regression(model, stage)
             result.mse[stage, : stage + 1] = row.mse
             result.mse_per_gene[stage, : stage + 1] = row.mse_per_gene
             result.pearson[stage, : stage + 1] = row.pearson
             result.seen_mse.append(row.seen_mse)
-            known_sets = self.split.set_names[: stage + 1]
-            stage_metrics = {f"mse_{name}": value for name, value in zip(known_sets, row.mse, strict=True)}
-            stage_metrics |= {f"pearson_{n}": v for n, v in zip(known_sets, row.pearson, strict=True)}
-            stage_metrics["mse_seen"] = row.seen_mse
+            result.stage_metrics.append(self._stage_metrics(stage, row, reference))
             for task in self.split.tasks:
-                embeddings = cell_embeddings(
-                    model,
-                    self.builder,
-                    task_rows(task),
-                    stage,
-                    cfg.seed,
-                    cfg.batch_size,
-                    self.max_seq,
-                    self.device,
-                )
-                probe = fit_probes(embeddings, task, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed)
-                scores = result.probes[task.name]
-                for key in ("accuracy", "macro_f1", "knn_accuracy"):
-                    scores[key].append(getattr(probe, key))
-                    stage_metrics[f"probe_{task.name}_{key}"] = getattr(probe, key)
-            result.stage_metrics.append({k: v for k, v in stage_metrics.items() if not math.isnan(v)})
+                probe = self.inputs.probe(self.inputs.embeddings(model, task, stage), task)
+                result.probes[task.name].append(probe)
+                for key in PROBE_KEYS:
+                    result.stage_metrics[-1][f"probe_{task.name}_{key}"] = getattr(probe, key)
+        for metrics in result.stage_metrics:
+            for key in [key for key, value in metrics.items() if math.isnan(value)]:
+                del metrics[key]
         return result
+
+    def _stage_metrics(self, stage: int, row: RegressionRow, reference: dict[str, Any]) -> dict[str, float]:
+        known = self.split.set_names[: stage + 1]
+        baseline = reference["gene_mean_mse"]
+        metrics = {f"mse_{name}": value for name, value in zip(known, row.mse, strict=True)}
+        metrics |= {f"pearson_{name}": value for name, value in zip(known, row.pearson, strict=True)}
+        metrics |= {f"baseline_mse_{name}": baseline[j] for j, name in enumerate(known)}
+        metrics |= {f"skill_{name}": 1.0 - row.mse[j] / baseline[j] for j, name in enumerate(known)}
+        metrics["mse_seen"] = row.seen_mse
+        return metrics
+
+
+def _mean_and_std(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std over seeds (axis 0); NaN where every seed is NaN, std 0 with one seed."""
+    with warnings.catch_warnings():  # cells not yet learned are NaN in every seed: NaN is right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(stack, axis=0)
+        if len(stack) > 1:
+            return mean, np.nanstd(stack, axis=0, ddof=1)
+        return mean, np.where(np.isnan(stack[0]), np.nan, 0.0)
 
 
 def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean matrices and ``*_mean``/``*_std`` summaries over seeds."""
     seeds = list(per_seed.values())
     regression: dict[str, Any] = {}
-    for key in ("matrix", "matrix_per_gene", "pearson"):
+    for key in ("matrix", "matrix_per_gene", "pearson", "skill"):
         stack = np.stack([np.asarray(s["regression"][key], dtype=float) for s in seeds])
-        with warnings.catch_warnings():  # cells not yet learned are NaN in every seed: NaN is right
-            warnings.simplefilter("ignore", RuntimeWarning)
-            regression[key] = np.nanmean(stack, axis=0)
-            if key == "matrix":
-                regression["matrix_std"] = (
-                    np.nanstd(stack, axis=0, ddof=1)
-                    if len(seeds) > 1
-                    else np.where(np.isnan(stack[0]), np.nan, 0.0)
-                )
-    for name in ("delta", "base_delta", "bwt", "forgetting", "final_mse", "plasticity", "intransigence"):
+        regression[key], std = _mean_and_std(stack)
+        if key in ("matrix", "skill"):
+            regression[f"{key}_std"] = std
+    for name in (*SUMMARY_NAMES, "intransigence"):
         mean, std = mean_std([s["regression"][name] for s in seeds])
         regression |= {name: mean, f"{name}_mean": mean, f"{name}_std": std}
     tasks: dict[str, Any] = {}
@@ -185,23 +297,57 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
         task: dict[str, Any] = {"learned_at": first["learned_at"]}
         for key in ("accuracy", "macro_f1", "knn_accuracy"):
             stack = np.array([s["probe"]["tasks"][name][key] for s in seeds], dtype=float)
-            task[key] = stack.mean(axis=0)
-            task[f"{key}_std"] = stack.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(stack.shape[1])
-        mean, std = mean_std([s["probe"]["tasks"][name]["delta"] for s in seeds])
-        tasks[name] = task | {"delta": mean, "delta_mean": mean, "delta_std": std}
-    mean, std = mean_std([s["probe"]["delta"] for s in seeds])
+            task[key], task[f"{key}_std"] = _mean_and_std(stack)
+        task |= _mean_delta([s["probe"]["tasks"][name] for s in seeds])
+        tasks[name] = task
+    cosine = np.stack([np.asarray(s["embedding_cosine"], dtype=float) for s in seeds])
+    steps = np.array([s["compute"]["optimizer_steps"] for s in seeds], dtype=float).mean(axis=0)
+    cells = np.array([s["compute"]["cells_processed"] for s in seeds], dtype=float).mean(axis=0)
     return {
         "regression": regression,
-        "probe": {"tasks": tasks, "delta": mean, "delta_mean": mean, "delta_std": std},
+        "probe": {"tasks": tasks, **_mean_delta([s["probe"] for s in seeds])},
+        "embedding_cosine": _mean_and_std(cosine)[0],
+        "compute": _compute_summary(steps.tolist(), cells.tolist()),
     }
+
+
+def _mean_delta(per_seed: list[dict[str, Any]]) -> dict[str, float]:
+    """A probe Δ over seeds: mean, std over seeds, and the standard error of the mean Δ.
+
+    Each seed's Δ has a paired standard error over the task's cells; the mean of ``m`` seeds has
+    ``sqrt(Σ se²) / m`` (the cells' sampling noise, which seeds do not average away when the cells
+    are the same: a conservative figure next to the spread over seeds).
+    """
+    mean, std = mean_std([s["delta"] for s in per_seed])
+    ses = np.array([s["delta_se"] for s in per_seed], dtype=float)
+    return {
+        "delta": mean,
+        "delta_mean": mean,
+        "delta_std": std,
+        "delta_se": float(np.sqrt(np.sum(ses**2)) / len(ses)),
+    }
+
+
+SUMMARY_NAMES = (
+    "delta",
+    "base_delta",
+    "bwt",
+    "forgetting",
+    "final_mse",
+    "plasticity",
+    "skill_new",
+    "skill_final",
+)
 
 
 def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
     """The parent-run metrics of one seed, with stable names that sort well in the MLflow UI."""
     regression = seed_summary["regression"]
-    names = ("delta", "base_delta", "bwt", "forgetting", "final_mse", "plasticity")
-    metrics = {name: regression[name] for name in names}
+    metrics = {name: regression[name] for name in SUMMARY_NAMES}
     metrics["probe_delta"] = seed_summary["probe"]["delta"]
+    metrics["probe_delta_se"] = seed_summary["probe"]["delta_se"]
+    metrics["optimizer_steps"] = seed_summary["compute"]["optimizer_steps_incremental"]
+    metrics["cells_processed"] = seed_summary["compute"]["cells_processed_incremental"]
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
 
 
@@ -257,10 +403,13 @@ def evaluate_strategy(
     data: ProcessedData,
     split: Split,
     checkpoints: Path,
+    reference: dict[str, Any],
     tracker: Tracker | None = None,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The metrics document of one strategy over all seeds (see the module docstring).
+
+    ``reference`` is the document of ``gil reference`` for the same split and evaluation settings.
 
     Each seed's results go to the tracker on the parent run that training opened (reopened here),
     once the seed is evaluated, so an evaluation that fails leaves the run as it was. Seeds are
@@ -270,11 +419,11 @@ def evaluate_strategy(
     tracker = tracker or NullTracker()
     evaluator = Evaluator(config, strategy, data, split, checkpoints)
     evaluator.check_checkpoints()
-    learned_at = {task.name: task.learned_at for task in split.tasks}
+    check_reference(reference, split, config)
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in config.train.seeds:
-        evaluation = evaluator.evaluate_seed(seed)
-        per_seed[str(seed)] = evaluation.summary(learned_at)
+        evaluation = evaluator.evaluate_seed(seed, reference)
+        per_seed[str(seed)] = evaluation.summary(split.tasks, reference)
         _record_seed(tracker, config, strategy, seed, evaluation, per_seed[str(seed)], split.set_names, tags)
     document = {
         "strategy": strategy,
@@ -282,6 +431,7 @@ def evaluate_strategy(
         "gene_sets": split.set_names,
         "headline": HEADLINE,
         "evaluation": EVALUATION_NOTE,
+        "reference": reference,
         **_aggregate(per_seed),
         "per_seed": per_seed,
     }

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gil.errors import GilError
+
 
 @contextlib.contextmanager
 def atomic_file(dest: Path | str) -> Iterator[Path]:
@@ -72,3 +74,13 @@ def write_text(dest: Path | str, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_file(dest) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path: Path | str) -> Any:
+    """Read a JSON file written by :func:`write_json`; a corrupt one is a user error naming the fix."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise GilError(
+            f"{path} is not valid JSON ({error.msg}); delete it and rerun the step that writes it"
+        ) from None

@@ -55,8 +55,13 @@ LEGEND = "\n".join(
         "- BWT = loss right after learning − final loss, over the same gene sets (negative = forgetting).",
         "- Final MSE = mean loss over all gene sets after the last stage.",
         "- Plasticity = loss on T_k right after stage k, averaged over k (lower = learns new genes better).",
-        "- Probe Δ = linear-probe accuracy after the last stage − accuracy when the task's genes were"
-        " learned, averaged over tasks, in the stored accuracy units (negative = forgetting).",
+        "- Skill = 1 − MSE / MSE of the per-gene-mean predictor on the same positions (higher = better;"
+        " 0 = no better than predicting each gene's training mean). New-set skill: each T_k right after"
+        " stage k, averaged; final skill: every gene set after the last stage, averaged.",
+        "- Steps = optimizer steps of the incremental stages (the compute a strategy spent).",
+        "- Probe Δ = cross-validated linear-probe accuracy after the last stage − accuracy when the task's"
+        " genes were learned, averaged over tasks (negative = forgetting); ± is its standard error over"
+        " the probe cells (paired, same cells at both stages).",
     ]
 )
 
@@ -174,6 +179,18 @@ def _format(mean: float | None, std: float | None = None) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def _gene_mean_mse(metrics: Metrics) -> NDArray[np.float64] | None:
+    """The per-gene-mean predictor's loss per gene set (``reference.gene_mean_mse``), if present."""
+    reference = metrics.get("reference")
+    return _vector(reference.get("gene_mean_mse")) if isinstance(reference, Mapping) else None
+
+
+def _probe_reference(metrics: Metrics) -> Mapping[str, Any]:
+    """Per task: majority rate and raw-expression probe accuracies (``reference.probe``), or empty."""
+    reference = metrics.get("reference")
+    return reference.get("probe", {}) if isinstance(reference, Mapping) else {}
+
+
 def _stage_labels(n_rows: int) -> list[str]:
     return ["0 (base)", *(str(stage) for stage in range(1, n_rows))]
 
@@ -212,7 +229,13 @@ def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
     values = _matrix(metrics)
     stds = _matrix(metrics, "matrix_std")
     gene_sets = metrics["gene_sets"]
-    figure, (axes,) = _new_figure(1, (1.3 * len(gene_sets) + 2.5, 1.0 * len(gene_sets) + 1.5))
+    row_labels = _stage_labels(len(gene_sets))
+    baseline = _gene_mean_mse(metrics)
+    if baseline is not None:  # the per-gene-mean predictor as a last row, to read R against
+        values = np.vstack([values, baseline])
+        stds = None if stds is None else np.vstack([stds, np.full(len(gene_sets), np.nan)])
+        row_labels = [*row_labels, "gene-mean\npredictor"]
+    figure, (axes,) = _new_figure(1, (1.3 * len(gene_sets) + 2.5, 1.0 * len(row_labels) + 1.5))
     colormap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
     image = axes.imshow(np.ma.masked_invalid(values), cmap=colormap)
     figure.colorbar(image, ax=axes, label="masked-value MSE (lower is better)")
@@ -224,7 +247,9 @@ def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
         label = _format(value) if std is None else f"{value:.3f}\n± {std:.3f}"
         axes.text(col, row, label, ha="center", va="center", color=text_color, fontsize=8)
     axes.set_xticks(range(len(gene_sets)), gene_sets)
-    axes.set_yticks(range(len(gene_sets)), _stage_labels(len(gene_sets)))
+    axes.set_yticks(range(len(row_labels)), row_labels)
+    if baseline is not None:
+        axes.axhline(len(gene_sets) - 0.5, color="black", linewidth=2)
     axes.set_xlabel("gene set")
     axes.set_ylabel("after stage")
     axes.set_title(f"{metrics['strategy']}: results matrix R")
@@ -253,6 +278,9 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
                 color=colors[name],
                 label=name,
             )
+        baseline = _gene_mean_mse(metrics_by_strategy[names[0]])
+        if baseline is not None:
+            axes.axhline(baseline[gene_set_index], color="grey", linestyle="--", label="gene-mean predictor")
         axes.set_xticks(stages, [_stage_labels(len(gene_sets))[stage] for stage in stages])
         axes.set_title(f"{gene_sets[gene_set_index]} (learned at stage {gene_set_index})")
         axes.set_xlabel("after stage")
@@ -293,6 +321,17 @@ def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path |
                 color=colors[name],
                 label=name,
             )
+        reference = _probe_reference(metrics_by_strategy[names[0]]).get(task)
+        if reference is not None:
+            axes.axhline(reference["majority_rate"], color="black", linestyle="--", label="majority class")
+            axes.plot(
+                range(len(stage_labels)),
+                reference["raw_accuracy"],
+                color="grey",
+                linestyle=":",
+                marker="s",
+                label="raw-expression probe",
+            )
         axes.set_xticks(range(len(stage_labels)), stage_labels)
         axes.axvline(learned_at, color="grey", linestyle=":", linewidth=1)
         axes.set_title(f"{task} (genes learned at stage {learned_at})")
@@ -321,13 +360,16 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
         ("BWT", "bwt"),
         ("final MSE", "final_mse"),
         ("plasticity (new-gene MSE)", "plasticity"),
+        ("new-set skill", "skill_new"),
+        ("final skill", "skill_final"),
         ("intransigence vs joint", "intransigence"),
     ]
     header = [
         "strategy",
         *(title for title, _ in columns),
         f"{gene_sets[1]}: after stage 1 → after stage {last}",
-        "probe Δ",
+        "steps",
+        "probe Δ ± se",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -339,10 +381,74 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
             name,
             *(_format(*_stat(regression, key)) for _, key in columns),
             f"{_format(matrix[1, 1])} → {_format(matrix[last, 1])}",
-            _format(*_stat(probe, "delta")),
+            _steps(metrics),
+            _format(_stat(probe, "delta")[0], _number(probe.get("delta_se"))),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+
+
+def _steps(metrics: Metrics) -> str:
+    compute = metrics.get("compute")
+    steps = _number(compute.get("optimizer_steps_incremental")) if isinstance(compute, Mapping) else None
+    return _MISSING if steps is None else f"{steps:.0f}"
+
+
+def reference_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
+    """Was each gene set learned? Skill right after its stage and after the last one, per strategy.
+
+    With the per-gene-mean predictor's loss per gene set as the first line: the reader sees whether a
+    set was learned before asking whether it was forgotten. Empty without reference points.
+    """
+    baseline = _gene_mean_mse(metrics_by_strategy[names[0]])
+    if baseline is None:
+        return ""
+    gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
+    last = len(gene_sets) - 1
+    header = ["strategy", *(f"{g}: skill when learned → final" for g in gene_sets)]
+    lines = [
+        "Per-gene-mean predictor MSE: "
+        + ", ".join(f"{g} {b:.3f}" for g, b in zip(gene_sets, baseline, strict=True)),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name in names:
+        skill = _matrix(metrics_by_strategy[name], "skill")
+        if skill is None:
+            continue
+        cells = [f"{_format(skill[j, j])} → {_format(skill[last, j])}" for j in range(len(gene_sets))]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def probe_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
+    """Probe accuracy per task after every stage, with the majority rate and raw-expression probe."""
+    references = _probe_reference(metrics_by_strategy[names[0]])
+    tasks = sorted({task for name in names for task in _probe_tasks(metrics_by_strategy[name], name)})
+    if not tasks:
+        return ""
+    n_stages = len(metrics_by_strategy[names[0]]["gene_sets"])
+    header = ["task", "row", *(f"after {label}" for label in _stage_labels(n_stages)), "Δ ± se"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        reference = references.get(task)
+        if reference is not None:
+            majority = _format(_number(reference["majority_rate"]))
+            raw = [_format(_number(v)) for v in reference["raw_accuracy"]]
+            lines.append("| " + " | ".join([task, "majority class", *[majority] * n_stages, ""]) + " |")
+            lines.append("| " + " | ".join([task, "raw-expression probe", *raw, ""]) + " |")
+        for name in names:
+            result = _probe_tasks(metrics_by_strategy[name], name).get(task)
+            if result is None:
+                continue
+            stds = result.get("accuracy_std") or [None] * n_stages
+            accuracy = [
+                _format(_number(a), _number(s)) for a, s in zip(result["accuracy"], stds, strict=True)
+            ]
+            delta = _format(_number(result.get("delta")), _number(result.get("delta_se")))
+            lines.append("| " + " | ".join([task, name, *accuracy, delta]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def with_intransigence(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, dict[str, Any]]:
@@ -390,6 +496,27 @@ def load_metrics(metrics_paths: Sequence[Path | str]) -> dict[str, dict[str, Any
     return metrics_by_strategy
 
 
+def _compute_lines(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
+    """Optimizer steps and cells processed per stage of every strategy (mean over seeds)."""
+    lines = []
+    for name in names:
+        compute = metrics_by_strategy[name].get("compute")
+        if not isinstance(compute, Mapping):
+            continue
+        steps = ", ".join(f"{v:.0f}" for v in compute["optimizer_steps"])
+        cells = ", ".join(f"{v:.0f}" for v in compute["cells_processed"])
+        lines.append(f"- **{name}**: optimizer steps per stage {steps}; cells processed per stage {cells}")
+    if not lines:
+        return ""
+    note = (
+        "Stage 0 is the shared base stage. Replay's epochs have as many steps as fine-tuning's (its batches"
+        " mix buffer and current cells); the joint oracle trains at stage k on every cell of stages 0..k"
+        " from the previous stage's weights, so it spends more steps: read its numbers as an upper bound"
+        " at a larger budget."
+    )
+    return "\n".join([*lines, "", note]) + "\n"
+
+
 def _seed_counts(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
     counts = {name: len(metrics_by_strategy[name].get("per_seed") or {}) for name in names}
     if len(set(counts.values())) == 1:
@@ -418,6 +545,15 @@ def _report_markdown(
         "",
         benchmark_table(metrics_by_strategy),
     ]
+    learned = reference_table(metrics_by_strategy, names)
+    if learned:
+        lines += ["## Was each gene set learned? (skill against the per-gene-mean predictor)", "", learned]
+    probes = probe_table(metrics_by_strategy, names)
+    if probes:
+        lines += ["## Probes (cross-validated accuracy, mean ± std over seeds)", "", probes]
+    compute = _compute_lines(metrics_by_strategy, names)
+    if compute:
+        lines += ["## Compute per strategy", "", compute]
     headlines = [(n, metrics_by_strategy[n].get("headline")) for n in names]
     if any(headline for _, headline in headlines):
         lines += ["## Headlines", "", *(f"- **{n}**: {h}" for n, h in headlines if h), ""]

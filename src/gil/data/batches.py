@@ -5,21 +5,27 @@ model. Here a batch is built with a handful of numpy operations over the flat no
 cells: gather, filter by allowed gene sets, sample with random keys (top-``max_seq`` per cell via
 one sort), pad to the longest cell of the batch (not to ``max_seq``), and mask.
 
-Sampling follows the paper: when a cell has more than ``max_seq`` allowed genes, half of the cells
-sample uniformly and half proportionally to expression (weighted sampling without replacement by
-Efraimidis-Spirakis keys ``log(u) / w``); the top keys of each cell are ranked by one row-wise
-sort of a ``[cells, longest]`` array (see :func:`_top_per_segment`). Masking draws one uniform
+Sampling (a :class:`GeneSampling`): when a cell has more than ``max_seq`` allowed genes, a fraction
+``weighted_fraction`` of the cells (paper: half) sample with weights ``w`` and the others uniformly
+(weighted sampling without replacement by Efraimidis-Spirakis keys ``log(u) / w``); the top keys
+of each cell are ranked by one row-wise sort of a ``[cells, longest]`` array (see
+:func:`_top_per_segment`). The weights (:data:`SAMPLING_WEIGHTS`) are ``uniform``, ``log1p`` (the
+value itself: a 20-count gene is drawn ~4.4x as often as a 1-count gene) or ``shifted`` (the
+authors' code: ``value - min(value of the cell) + 1e-5``, which nearly excludes a cell's
+lowest-count genes). Masking draws one uniform
 number per (cell, gene) entry and masks it when the number is below ``mask_fraction``; the
 ``<cls>`` and pad positions are never masked.
 
 Evaluation batches sample their genes among *all* of a cell's genes with a fixed seed and only then
 drop the genes not yet learned, so every stage's model sees the same gene samples and the same masks
-on the gene sets it knows (see :func:`evaluation_batch`).
+on the gene sets it knows (see :func:`evaluation_batch`). Probe batches take each cell's
+``max_seq`` most expressed known genes, deterministically (see :func:`probe_batch`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +35,16 @@ from gil.data.rows import row_reader
 from gil.data.vocab import CLS, NO_SET, PAD, Vocabulary
 
 MASKED_VALUE = -1.0
+SamplingWeights = Literal["uniform", "log1p", "shifted"]
+SAMPLING_WEIGHTS: tuple[str, ...] = ("uniform", "log1p", "shifted")
+
+
+@dataclass(frozen=True)
+class GeneSampling:
+    """How a training cell with more than ``max_seq`` genes is sampled (defaults: the paper's)."""
+
+    weights: SamplingWeights = "log1p"
+    weighted_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,16 @@ class Batch:
 class BatchBuilder:
     """Builds batches for the cells of a processed matrix under a vocabulary."""
 
-    def __init__(self, data: ProcessedData, vocab: Vocabulary, cell_stages: np.ndarray, max_seq: int):
+    def __init__(
+        self,
+        data: ProcessedData,
+        vocab: Vocabulary,
+        cell_stages: np.ndarray,
+        max_seq: int,
+        sampling: GeneSampling = GeneSampling(),
+    ):
         self.data = data
+        self.sampling = sampling
         self.rows = row_reader(data)
         self.max_seq = max_seq
         self.token_of_column = vocab.token_of_column(data.gene_names)
@@ -81,8 +105,9 @@ class BatchBuilder:
         own_stage = self.cell_stages[rows][segment]
         allowed = (sets == 0) | (sets == own_stage)
         segment, tokens, sets, values = segment[allowed], tokens[allowed], sets[allowed], values[allowed]
-        weighted_cells = rng.random(len(rows)) < 0.5
-        keys = _sampling_keys(rng.random(len(values)), values, weighted_cells[segment])
+        weighted_cells = rng.random(len(rows)) < self.sampling.weighted_fraction
+        weights = _sampling_weights(segment, values, self.sampling.weights)
+        keys = _sampling_keys(rng.random(len(values)), weights, weighted_cells[segment])
         keep, rank = _top_per_segment(segment, keys, self.max_seq)
         mask_draws = rng.random(len(values))
         return _pad(
@@ -96,18 +121,26 @@ class BatchBuilder:
         )
 
     def evaluation_batch(
-        self, rows: np.ndarray, known_stage: int, seed: int, mask_fraction: float, max_seq: int
+        self,
+        rows: np.ndarray,
+        known_stage: int,
+        seed: int,
+        mask_fraction: float,
+        max_seq: int,
+        weights: SamplingWeights = "uniform",
     ) -> Batch:
         """An evaluation batch for a model that knows gene sets ``0..known_stage``.
 
-        Keys and mask draws depend only on ``seed`` and the rows, and genes are sampled among all
-        of a cell's genes *before* unknown genes are dropped: a later stage's model is scored on a
-        superset of the same positions, with the same masks, as an earlier stage's model.
+        Keys and mask draws depend only on ``seed`` and the rows, and genes are sampled (with
+        ``weights``) among all of a cell's genes *before* unknown genes are dropped: a later stage's
+        model is scored on a superset of the same positions, with the same masks, as an earlier
+        stage's model.
         """
         rows = np.asarray(rows, dtype=np.int64)
         rng = np.random.default_rng(seed)
         segment, tokens, sets, values = self._gather(rows)
-        keys = _sampling_keys(rng.random(len(values)), values, np.zeros(len(values), dtype=bool))
+        weighted = np.full(len(values), weights != "uniform")
+        keys = _sampling_keys(rng.random(len(values)), _sampling_weights(segment, values, weights), weighted)
         mask_draws = rng.random(len(values))
         keep, _ = _top_per_segment(segment, keys, max_seq)
         keep &= sets <= known_stage
@@ -121,11 +154,46 @@ class BatchBuilder:
         rank = _rank_in_segment(segment)
         return _pad(rows, segment, rank, tokens, sets, values, mask_draws < mask_fraction)
 
+    def probe_batch(self, rows: np.ndarray, known_stage: int, max_seq: int) -> Batch:
+        """Unmasked inputs: each cell's ``max_seq`` most expressed genes of sets ``0..known_stage``.
 
-def _sampling_keys(uniform: np.ndarray, values: np.ndarray, weighted: np.ndarray) -> np.ndarray:
-    """Random keys whose top-k is a uniform sample, or an expression-weighted one where ``weighted``."""
+        Why for probes: a uniform sample of a Zeisel cell's ~2,300 genes is mostly 1-2-count genes
+        that say little about its type (a logistic regression on exactly those values scored near
+        the majority rate); its most expressed genes carry its identity. Deterministic: ties keep
+        the processed column order.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        segment, tokens, sets, values = self._gather(rows)
+        known = sets <= known_stage
+        segment, tokens, sets, values = segment[known], tokens[known], sets[known], values[known]
+        keep, rank = _top_per_segment(segment, values.astype(np.float64), max_seq)
+        return _pad(
+            rows,
+            segment[keep],
+            rank[keep],
+            tokens[keep],
+            sets[keep],
+            values[keep],
+            np.zeros(int(keep.sum()), dtype=bool),
+        )
+
+
+def _sampling_weights(segment: np.ndarray, values: np.ndarray, weights: SamplingWeights) -> np.ndarray:
+    """The sampling weight of every entry (see the module docstring); ``uniform`` gives ones."""
+    if weights == "uniform":
+        return np.ones(len(values))
+    if weights == "log1p":
+        return values.astype(np.float64)
+    n_cells = int(segment[-1]) + 1 if len(segment) else 0
+    cell_min = np.full(n_cells, np.inf)
+    np.minimum.at(cell_min, segment, values)
+    return values - cell_min[segment] + 1e-5
+
+
+def _sampling_keys(uniform: np.ndarray, weights: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+    """Random keys whose top-k is a uniform sample, or a sample weighted by ``weights`` where ``weighted``."""
     safe = np.maximum(uniform, 1e-12)
-    return np.where(weighted, np.log(safe) / np.maximum(values, 1e-6), uniform)
+    return np.where(weighted, np.log(safe) / np.maximum(weights, 1e-6), uniform)
 
 
 def _top_per_segment(segment: np.ndarray, keys: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -100,21 +100,19 @@ class ProcessedData:
 
 @dataclass(frozen=True)
 class Task:
-    """A downstream classification task on held-out cells, with fixed train/val/test cells."""
+    """A downstream classification task on held-out cells: the cells and their class indices."""
 
     name: str
     label: str
     learned_at: int
     classes: list[str]
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    cells: np.ndarray
     targets: np.ndarray
 
-    def split_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Class indices of the train, val and test cells."""
-        a, b = len(self.train), len(self.train) + len(self.val)
-        return self.targets[:a], self.targets[a:b], self.targets[b:]
+    @property
+    def majority_rate(self) -> float:
+        """Accuracy of always predicting the most frequent class (the floor a probe must beat)."""
+        return float(np.bincount(self.targets).max() / len(self.targets))
 
     def to_json(self) -> dict:
         return {
@@ -122,9 +120,7 @@ class Task:
             "label": self.label,
             "learned_at": self.learned_at,
             "classes": self.classes,
-            "train": [int(i) for i in self.train],
-            "val": [int(i) for i in self.val],
-            "test": [int(i) for i in self.test],
+            "cells": [int(i) for i in self.cells],
             "targets": [int(i) for i in self.targets],
         }
 
@@ -135,9 +131,7 @@ class Task:
             label=raw["label"],
             learned_at=int(raw["learned_at"]),
             classes=list(raw["classes"]),
-            train=np.asarray(raw["train"], dtype=np.int64),
-            val=np.asarray(raw["val"], dtype=np.int64),
-            test=np.asarray(raw["test"], dtype=np.int64),
+            cells=np.asarray(raw["cells"], dtype=np.int64),
             targets=np.asarray(raw["targets"], dtype=np.int64),
         )
 

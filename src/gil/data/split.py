@@ -21,8 +21,8 @@ Cells: ``eval_fraction`` of the cells are held out (stage ``EVAL_STAGE``), strat
 labels so that every task and class gets held-out cells; of the rest, ``base_fraction`` go to stage 0
 and the others are split equally among stages ``1..n`` at random.
 
-Tasks: the probe cells of a task are its held-out cells (with a non-empty label), split train/val/test
-by ``probe_fractions``, stratified by label.
+Tasks: the probe cells of a task are its held-out cells with a non-empty label; evaluation
+cross-validates its probes over them (``evaluate.probe.folds``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from gil.errors import GilError
 
 MIN_PROBE_CELLS = 10
 RANK_RULE = "a gene in several top lists goes to the task ranking it higher; ties go to the earlier task"
-STREAMS = ("genes", "cells", "probes")
+STREAMS = ("genes", "cells")
 
 
 @dataclass(frozen=True)
@@ -289,10 +289,8 @@ def cell_stages(split: SplitConfig, keys: np.ndarray, n_stages: int, rng: np.ran
 # ---------------------------------------------------------------------------------------------- probes
 
 
-def probe_task(
-    task: TaskCells, stage: np.ndarray, learned_at: int, split: SplitConfig, rng: np.random.Generator
-) -> Task:
-    """The task's held-out cells, split train/val/test stratified by label."""
+def probe_task(task: TaskCells, stage: np.ndarray, learned_at: int) -> Task:
+    """The task's labelled held-out cells; evaluation cross-validates probes over all of them."""
     name = task.config.name
     cells = np.flatnonzero(task.labelled & (stage == EVAL_STAGE))
     if len(cells) < MIN_PROBE_CELLS:
@@ -307,13 +305,7 @@ def probe_task(
             f"task {name}: all held-out cells have {task.config.label} {classes[0]!r}; "
             "choose a label with several classes"
         )
-    part = stratified_parts(labels, split.probe_fractions, rng)
-    train, val, test = (cells[part == j] for j in range(3))
-    for part_name, members in (("train", train), ("val", val), ("test", test)):
-        if len(members) == 0:
-            raise GilError(f"task {name}: no {part_name} cells; raise split.eval_fraction or widen the task")
-    targets = np.searchsorted(classes, task.labels[np.concatenate([train, val, test])])
-    return Task(name, task.config.label, learned_at, classes, train, val, test, targets)
+    return Task(name, task.config.label, learned_at, classes, cells, np.searchsorted(classes, labels))
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -328,9 +320,7 @@ def checks(
         "gene_sets_disjoint": len(listed) == len(set(listed)),
         "gene_sets_cover_all_genes": set(listed) == set(gene_names),
         "cell_stages_disjoint": bool(((stage >= EVAL_STAGE) & (stage <= len(sets) - 1)).all()),
-        "probe_cells_held_out": all(
-            (stage[np.concatenate([t.train, t.val, t.test])] == EVAL_STAGE).all() for t in tasks
-        ),
+        "probe_cells_held_out": all((stage[t.cells] == EVAL_STAGE).all() for t in tasks),
     }
     failed = [name for name, ok in result.items() if not ok]
     if failed:
@@ -357,9 +347,8 @@ def summarize(
                 "label": t.label,
                 "learned_at": t.learned_at,
                 "classes": len(t.classes),
-                "train": len(t.train),
-                "val": len(t.val),
-                "test": len(t.test),
+                "cells": len(t.cells),
+                "majority_rate": t.majority_rate,
             }
             for t in tasks
         ],
@@ -396,7 +385,7 @@ def summary_text(summary: dict) -> str:
         learned = f"learned at stage {t['learned_at']}" if t["learned_at"] else "not tied to a stage"
         lines.append(
             f"task {t['name']} ({t['label']}, {learned}): {t['classes']} classes, "
-            f"train {t['train']} / val {t['val']} / test {t['test']} held-out cells"
+            f"{t['cells']} held-out cells (majority class {t['majority_rate']:.2f})"
         )
     return "\n".join(lines) + "\n"
 
@@ -404,7 +393,7 @@ def summary_text(summary: dict) -> str:
 def run_split(config: Config, processed_dir: Path, out_dir: Path) -> str:
     """Compute the split of ``processed_dir`` from ``config.split`` and write it to ``out_dir``."""
     data = ProcessedData.load(processed_dir)
-    gene_rng, cell_rng, probe_rng = (
+    gene_rng, cell_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(config.split.seed).spawn(len(STREAMS))
     )
     tasks = [resolve_task(task, data.cells) for task in config.split.tasks]
@@ -412,10 +401,7 @@ def run_split(config: Config, processed_dir: Path, out_dir: Path) -> str:
     sets = named_sets(stage_of_gene, data.gene_names)
     stage = cell_stages(config.split, strata(data.n_cells, tasks), len(sets) - 1, cell_rng)
     importance = config.split.genes.method == "importance"
-    probes = [
-        probe_task(task, stage, k if importance else 0, config.split, probe_rng)
-        for k, task in enumerate(tasks, 1)
-    ]
+    probes = [probe_task(task, stage, k if importance else 0) for k, task in enumerate(tasks, 1)]
     summary = summarize(
         config, method_info, sets, stage, probes, checks(sets, data.gene_names, stage, probes)
     )

@@ -14,11 +14,14 @@ from gil.metrics.continual import (
     base_delta,
     delta,
     final_loss,
+    final_skill,
     forgetting,
     intransigence,
     mean_std,
+    new_set_skill,
     plasticity,
     plasticity_per_stage,
+    skill,
     summarize,
 )
 
@@ -30,10 +33,13 @@ __all__ = [
     "base_delta",
     "delta",
     "final_loss",
+    "final_skill",
     "forgetting",
     "intransigence",
     "mean_std",
+    "new_set_skill",
     "plasticity",
     "plasticity_per_stage",
+    "skill",
     "summarize",
 ]

@@ -196,3 +196,29 @@ def mean_std(values: Sequence[float | None] | ArrayLike) -> tuple[float, float]:
     if present.size == 1:
         return float(present[0]), 0.0
     return float(np.mean(present)), float(np.std(present, ddof=1))
+
+
+def skill(results: ArrayLike, baseline: ArrayLike) -> NDArray[np.float64]:
+    """Skill of every entry against a reference loss per gene set: ``S[i][j] = 1 − R[i][j] / b[j]``.
+
+    ``b[j]`` is the reference predictor's loss on exactly the positions of gene set ``j`` (the
+    per-gene-mean predictor, :mod:`gil.metrics.reference`). Higher is better: 0 = no better than
+    the reference, 1 = perfect, negative = worse than the reference. NaN above the diagonal.
+    """
+    matrix = as_results_matrix(results)
+    reference = np.array(baseline, dtype=float)
+    if reference.shape != (matrix.shape[0],) or not (np.isfinite(reference).all() and (reference > 0).all()):
+        raise ValueError(
+            f"baseline: expected {matrix.shape[0]} positive finite losses (one per gene set), got {reference}"
+        )
+    return 1.0 - matrix / reference[None, :]
+
+
+def new_set_skill(results: ArrayLike, baseline: ArrayLike) -> float:
+    """``mean_{k=1..n} S[k][k]``: how well each new gene set was learned, right after its stage."""
+    return float(np.mean(np.diag(skill(results, baseline))[1:]))
+
+
+def final_skill(results: ArrayLike, baseline: ArrayLike) -> float:
+    """``mean_{j=0..n} S[n][j]``: skill of the final model over every gene set."""
+    return float(np.mean(skill(results, baseline)[-1]))

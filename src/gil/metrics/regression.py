@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gil.data.batches import BatchBuilder
+from gil.data.batches import BatchBuilder, SamplingWeights
 from gil.model import GeneTransformer
 
 
@@ -47,6 +47,7 @@ def regression_row(
     mask_fraction: float,
     max_seq: int,
     device: torch.device | str = "cpu",
+    weights: SamplingWeights = "uniform",
 ) -> RegressionRow:
     """Masked-value MSE per gene set for the model of ``stage`` on the evaluation ``rows``.
 
@@ -67,6 +68,7 @@ def regression_row(
                 int(np.random.SeedSequence(batch_seed).generate_state(1)[0]),
                 mask_fraction,
                 max_seq,
+                weights,
             ).to(device)
             output = model(batch.genes, batch.values, batch.padding)
             masked = batch.masked

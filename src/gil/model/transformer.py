@@ -68,12 +68,26 @@ class ModelOutput:
 
 
 class GeneEmbedding(nn.Module):
-    """An embedding table that can grow by appending rows."""
+    """An embedding table that can grow by appending rows.
 
-    def __init__(self, n_tokens: int, d_model: int, generator: torch.Generator | None = None):
+    Why the small initial scale (``init_std``, default 0.02; scGPT draws U(-0.1, 0.1)): the rows pass
+    through a LayerNorm, so only their direction matters, and Adam moves each coordinate by about
+    ``lr`` per step whatever the gradient's size. Rows of std 1 turned by a few degrees in a stage
+    (cosine 0.99 between start and end: the genes' identities stayed frozen random codes); rows of
+    std 0.02 are moved by the optimiser within a few hundred steps. Every row, appended ones
+    included, is drawn at the same scale.
+    """
+
+    def __init__(
+        self, n_tokens: int, d_model: int, init_std: float = 0.02, generator: torch.Generator | None = None
+    ):
         super().__init__()
         self.d_model = d_model
-        self.weight = nn.Parameter(torch.randn(n_tokens, d_model, generator=generator))
+        self.init_std = init_std
+        self.weight = nn.Parameter(self._rows(n_tokens, generator))
+
+    def _rows(self, n_rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randn(n_rows, self.d_model, generator=generator) * self.init_std
 
     @property
     def n_tokens(self) -> int:
@@ -86,7 +100,7 @@ class GeneEmbedding(nn.Module):
             raise ValueError(f"cannot shrink the vocabulary from {self.n_tokens} to {n_tokens} tokens")
         if extra == 0:
             return
-        new_rows = torch.randn(extra, self.d_model, generator=generator).to(self.weight)
+        new_rows = self._rows(extra, generator).to(self.weight)
         self.weight = nn.Parameter(torch.cat([self.weight.detach(), new_rows]))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -122,7 +136,7 @@ class EncoderLayer(nn.Module):
 class GeneTransformer(nn.Module):
     """Gene embedding + value encoder, transformer encoder, MLM and MVC heads."""
 
-    ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "dropout")
+    ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "dropout", "gene_init_std")
 
     @classmethod
     def from_sizes(cls, n_tokens: int, sizes: dict) -> GeneTransformer:
@@ -137,9 +151,10 @@ class GeneTransformer(nn.Module):
         n_heads: int,
         d_ff: int,
         dropout: float,
+        gene_init_std: float = 0.02,
     ):
         super().__init__()
-        self.gene_embedding = GeneEmbedding(n_tokens, d_model)
+        self.gene_embedding = GeneEmbedding(n_tokens, d_model, gene_init_std)
         self.gene_norm = nn.LayerNorm(d_model)
         self.value_encoder = nn.Sequential(
             nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.LayerNorm(d_model)

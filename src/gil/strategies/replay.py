@@ -3,7 +3,13 @@
 A replayed cell of stage ``j`` keeps the genes ``B ∪ Tj`` of its own stage (the batch builder
 restricts every cell to its stage's genes), so earlier gene sets ``Tj`` are rehearsed. Every batch
 of stage ``k ≥ 1`` holds ``round(mix · batch_size)`` buffer cells (drawn at random) and the rest
-current cells; an epoch covers the current stage's cells once.
+current cells.
+
+Compute (``epoch``): ``matched`` (default) gives an epoch as many batches (optimizer steps) as
+fine-tuning's, ``ceil(current cells / batch_size)``, so the comparison with fine-tuning is at equal
+compute; each epoch then sees a random ``1 - mix`` of the current cells. ``current_cells`` covers
+every current cell once per epoch instead (``1 / (1 - mix)`` times fine-tuning's steps: +37 % at
+mix 0.25 and batch 32), which lets replay keep improving earlier sets with extra steps.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ class Replay(Strategy):
         mix: float = Field(0.25, gt=0, lt=1, description="fraction of each batch drawn from the buffer")
         balance_label: str | None = Field(None, description="cell label to balance within a stage")
         seed: int = 0
+        epoch: Literal["matched", "current_cells"] = Field(
+            "matched", description="matched: as many steps per epoch as fine-tuning; current_cells: more"
+        )
 
     def __init__(self, params: Params):
         super().__init__(params)
@@ -50,7 +59,11 @@ class Replay(Strategy):
         if len(self.buffer) == 0:
             return super().epoch_batches(ctx, rng)
         n_replay = max(1, round(self.params.mix * ctx.batch_size))
-        batches = shuffled_batches(current, max(ctx.batch_size - n_replay, 1), rng)
+        n_current = max(ctx.batch_size - n_replay, 1)
+        if self.params.epoch == "matched":
+            n_batches = -(-len(current) // ctx.batch_size)
+            current = rng.permutation(current)[: n_batches * n_current]
+        batches = shuffled_batches(current, n_current, rng)
         replace = len(self.buffer) < n_replay
         return [
             np.concatenate([rows, rng.choice(self.buffer, n_replay, replace=replace)]) for rows in batches

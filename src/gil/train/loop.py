@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from gil.config import Config, run_params
-from gil.data.batches import Batch, BatchBuilder
+from gil.data.batches import Batch, BatchBuilder, GeneSampling
 from gil.data.layout import ProcessedData, Split
 from gil.data.vocab import Vocabulary
 from gil.errors import GilError
@@ -39,6 +39,7 @@ from gil.train.checkpoint import (
     save_checkpoint,
     stage_path,
 )
+from gil.train.diagnostics import mean_row_cosine
 from gil.train.parallel import SeedJob, run_seeds_in_processes, seed_jobs
 
 
@@ -98,12 +99,21 @@ def run_fingerprint(
 
 @dataclass
 class StageRecord:
-    """What happened in one stage: epoch losses (task and named terms) and throughput."""
+    """What happened in one stage: epoch losses (task and named terms), compute and throughput.
+
+    ``optimizer_steps`` and ``cells_processed`` make strategies' budgets comparable (replay's buffer
+    cells and joint's earlier stages are cells processed too); ``embedding_cosine`` is the mean
+    cosine of each known gene set's embedding rows between the stage's start and end (see
+    :mod:`gil.train.diagnostics`).
+    """
 
     stage: int
     epochs: list[dict[str, float]] = field(default_factory=list)
     cells_per_second: float = 0.0
     seconds: float = 0.0
+    optimizer_steps: int = 0
+    cells_processed: int = 0
+    embedding_cosine: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +145,8 @@ class StageTrainer:
         self.device = pick_device(self.config.train.device)
         self.vocab = Vocabulary.from_split(self.split)
         sizes = self.config.model.resolved()
-        self.builder = BatchBuilder(self.data, self.vocab, self.split.cell_stages, sizes["max_seq"])
+        sampling = GeneSampling(self.config.train.gene_sampling, self.config.train.weighted_fraction)
+        self.builder = BatchBuilder(self.data, self.vocab, self.split.cell_stages, sizes["max_seq"], sampling)
         self.fingerprint = run_fingerprint(self.config, self.strategy_name, self.seed, self.vocab, self.split)
         self.strategy: Strategy = (
             build_strategy(self.config.strategies[self.strategy_name])
@@ -181,6 +192,7 @@ class StageTrainer:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, stage, 2))
             self.model.grow_vocabulary(self.vocab.size_through(stage), generator)
             self.model.to(self.device)
+        start_rows = self.model.gene_embedding.weight.detach().clone()
         optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
         warmup = max(train.warmup_steps, 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -216,6 +228,7 @@ class StageTrainer:
                 optimizer.step()
                 schedule.step()
                 n_cells += batch.n_cells
+                record.optimizer_steps += 1
                 for name, value in {"loss": loss, "task_loss": task, **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().double()
                 n_steps += 1
@@ -226,6 +239,10 @@ class StageTrainer:
             self.tracker.log_metrics(epoch_means, step=epoch)
         record.seconds = time.perf_counter() - started
         record.cells_per_second = n_cells / max(record.seconds, 1e-9)
+        record.cells_processed = n_cells
+        record.embedding_cosine = mean_row_cosine(
+            start_rows, self.model.gene_embedding.weight.detach(), self.vocab.set_of_token(), stage + 1
+        )
         self._finish_stage(ctx)
         return record
 
@@ -245,9 +262,7 @@ class StageTrainer:
         for epoch, epoch_means in enumerate(payload["epochs"]):
             self.tracker.log_metrics(epoch_means, step=epoch)
         self._finish_stage(ctx)
-        return StageRecord(
-            0, list(payload["epochs"]), float(payload["cells_per_second"]), float(payload["seconds"])
-        )
+        return record_of(payload)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -268,6 +283,9 @@ class StageTrainer:
                 "epochs": record.epochs,
                 "cells_per_second": record.cells_per_second,
                 "seconds": record.seconds,
+                "optimizer_steps": record.optimizer_steps,
+                "cells_processed": record.cells_processed,
+                "embedding_cosine": record.embedding_cosine,
             },
         )
         return path
@@ -311,8 +329,15 @@ class StageTrainer:
         return records
 
     def _log_stage_end(self, record: StageRecord) -> None:
+        cosines = zip(self.split.set_names, record.embedding_cosine, strict=False)
         self.tracker.log_metrics(
-            {"cells_per_second": record.cells_per_second, "stage_seconds": record.seconds}
+            {
+                "cells_per_second": record.cells_per_second,
+                "stage_seconds": record.seconds,
+                "optimizer_steps": record.optimizer_steps,
+                "cells_processed": record.cells_processed,
+                **{f"embedding_cosine_{name}": value for name, value in cosines},
+            }
         )
         self.tracker.log_stage_model(record.stage, self.model, self.vocab.genes_through(record.stage))
         self.tracker.end_stage()
@@ -325,6 +350,19 @@ class StageTrainer:
             for epoch, epoch_means in enumerate(record.epochs):
                 self.tracker.log_metrics(epoch_means, step=epoch)
             self._log_stage_end(record)
+
+
+def record_of(payload: dict) -> StageRecord:
+    """The :class:`StageRecord` saved in a checkpoint payload."""
+    return StageRecord(
+        stage=int(payload["stage"]),
+        epochs=list(payload["epochs"]),
+        cells_per_second=float(payload["cells_per_second"]),
+        seconds=float(payload["seconds"]),
+        optimizer_steps=int(payload["optimizer_steps"]),
+        cells_processed=int(payload["cells_processed"]),
+        embedding_cosine=[float(value) for value in payload["embedding_cosine"]],
+    )
 
 
 def load_stage_model(checkpoint: dict, device: torch.device | str = "cpu") -> GeneTransformer:
