@@ -87,3 +87,33 @@ def test_evaluation_batches_share_positions_and_masks_across_stages(builder: Bat
             if g != PAD and s <= 1
         }
         assert early_masked == late_known
+
+
+def test_sampling_weights_of_each_scheme() -> None:
+    from gil.data.batches import _sampling_weights
+
+    segment = np.array([0, 0, 0, 1, 1])
+    values = np.array([0.7, 1.1, 3.0, 2.0, 2.5])
+    assert _sampling_weights(segment, values, "uniform").tolist() == [1.0] * 5
+    assert _sampling_weights(segment, values, "log1p").tolist() == values.tolist()
+    shifted = _sampling_weights(segment, values, "shifted")
+    assert shifted == pytest.approx([1e-5, 0.4 + 1e-5, 2.3 + 1e-5, 1e-5, 0.5 + 1e-5])
+
+
+def test_weighted_sampling_prefers_expressed_genes_and_fraction_zero_is_uniform() -> None:
+    from gil.data.batches import GeneSampling
+
+    data = make_processed(n_cells=60, n_genes=40, density=0.9)
+    split = make_split(data, n_stages=2, genes_per_stage=6)
+    vocab = Vocabulary.from_split(split)
+    rows = np.flatnonzero(split.cell_stages >= 0)
+    means = {}
+    for name, sampling in {
+        "weighted": GeneSampling("shifted", 1.0),
+        "uniform": GeneSampling("shifted", 0.0),
+    }.items():
+        builder = BatchBuilder(data, vocab, split.cell_stages, 8, sampling)
+        batch = builder.training_batch(rows, np.random.default_rng(0), 0.4)
+        real = batch.gene_sets >= 0
+        means[name] = float(batch.targets[real].mean())
+    assert means["weighted"] > means["uniform"] + 0.1

@@ -22,6 +22,7 @@ def _raw(**sections) -> dict:
         (_raw(evaluate={"probe": {"folds": 1}}), r"evaluate\.probe\.folds"),
         (_raw(split={"genes": {"method": "file"}}), r"split\.genes.*file"),
         (_raw(benchmark=["missing"]), r"benchmark.*missing"),
+        (_raw(strategies={"reference": {"kind": "finetune"}}), r"'reference' is reserved"),
         ({"train": {}}, r"dataset: required key is missing"),
         (_raw(train={"seeds": []}), r"train\.seeds"),
     ],

@@ -72,21 +72,21 @@ def test_evaluation_is_deterministic(trained) -> None:
 
 
 def test_probe_cells_are_the_same_at_every_stage(trained, monkeypatch) -> None:
-    """Every stage's probe is fit and scored on exactly the same cells (the split's fixed cells)."""
-    import gil.evaluate as evaluate_module
+    """Every stage's probe is cross-validated over exactly the same cells (the task's cells)."""
+    import gil.scoring as scoring_module
 
     config, data, split, out = trained
     seen: list[tuple] = []
-    original = evaluate_module.cell_embeddings
+    original = scoring_module.cell_embeddings
 
     def recording(model, builder, rows, stage, *args, **kwargs):
         seen.append((stage, tuple(rows)))
         return original(model, builder, rows, stage, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "cell_embeddings", recording)
+    monkeypatch.setattr(scoring_module, "cell_embeddings", recording)
     evaluate_strategy(config, "finetune", data, split, out)
     rows_by_stage = {stage: rows for stage, rows in seen}
     assert set(rows_by_stage) == {0, 1, 2}
     assert len({rows for rows in rows_by_stage.values()}) == 1
     task = split.tasks[0]
-    assert rows_by_stage[0] == tuple(np.concatenate([task.train, task.val, task.test]))
+    assert rows_by_stage[0] == tuple(task.cells)

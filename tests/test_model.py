@@ -47,3 +47,16 @@ def test_loss_is_mse_on_masked_positions_only() -> None:
     expected = (out.mlm[0, 1] - 5.0) ** 2 + (out.mvc[0, 1] - 5.0) ** 2
     assert torch.allclose(masked_value_loss(out, targets, masked, 1.0), expected)
     assert masked_value_loss(out, targets, torch.zeros_like(masked), 1.0).item() == 0.0
+
+
+def test_every_embedding_row_starts_at_the_configured_scale() -> None:
+    """Initial and appended rows share ``gene_init_std`` (std 1 rows behind a LayerNorm barely train)."""
+    torch.manual_seed(0)
+    model = GeneTransformer(
+        n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0, gene_init_std=0.02
+    )
+    model.grow_vocabulary(800, torch.Generator().manual_seed(1))
+    rows = model.gene_embedding.weight.detach()
+    assert abs(float(rows[:400].std()) - 0.02) < 0.001
+    assert abs(float(rows[400:].std()) - 0.02) < 0.001
+    assert abs(float(rows.mean())) < 0.001

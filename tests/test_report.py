@@ -144,13 +144,14 @@ def test_table_numbers_and_row_order(metrics_by_strategy) -> None:
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0] == (
         "| strategy | Δ (mean ± std) | forgetting | BWT | final MSE | plasticity (new-gene MSE) "
-        "| intransigence vs joint | T1: after stage 1 → after stage 2 | probe Δ |"
+        "| new-set skill | final skill | intransigence vs joint | T1: after stage 1 → after stage 2 | steps "
+        "| probe Δ (± std; se) |"
     )
     # Baseline first, then methods by increasing Δ, the joint oracle last.
     assert [row.split(" | ")[0][2:] for row in rows[1:]] == ["finetune", "replay", "distill", "ewc", "joint"]
     assert rows[1] == (
         "| finetune | 0.123 ± 0.010 | 0.100 ± 0.002 | -0.100 ± 0.002 | 0.500 ± 0.002 | 0.405 ± 0.002 "
-        "| – | 0.410 → 0.600 | -0.030 ± 0.005 |"
+        "| – | – | – | 0.410 → 0.600 | – | -0.030 ± 0.005 |"
     )
     legend = table.split("\n\n", 1)[1]
     assert "mean ± std over seeds" in legend

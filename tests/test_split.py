@@ -37,7 +37,7 @@ def _assert_partitions(split: Split, data: ProcessedData) -> None:
     assert split.cell_stages.dtype == np.int16 and len(split.cell_stages) == data.n_cells
     assert set(np.unique(split.cell_stages)) == set(range(EVAL_STAGE, split.n_stages + 1))
     for task in split.tasks:
-        probe = np.concatenate([task.train, task.val, task.test])
+        probe = task.cells
         assert len(set(probe.tolist())) == len(probe)
         assert (split.cell_stages[probe] == EVAL_STAGE).all()
         labels = data.cells[task.label].to_numpy()[probe]
@@ -61,16 +61,17 @@ def test_random_split(tiny_params: dict, tiny_processed: Path, tiny_split: Path)
     assert "B 48, T1 6, T2 6" in (tiny_split / "summary.txt").read_text()
 
 
-def test_probe_splits_are_stratified(tiny_processed: Path, tiny_split: Path) -> None:
+def test_probe_tasks_hold_every_labelled_held_out_cell_of_their_group(
+    tiny_processed: Path, tiny_split: Path
+) -> None:
     data, split = ProcessedData.load(tiny_processed), Split.load(tiny_split)
+    groups = data.cells["group"].to_numpy()
     for task, group in zip(split.tasks, ["group0", "group1"], strict=True):
-        assert (data.cells["group"].to_numpy()[task.train] == group).all()
+        expected = np.flatnonzero((groups == group) & (split.cell_stages == EVAL_STAGE))
+        assert task.cells.tolist() == expected.tolist()
         assert len(task.classes) == 2
-        train, val, test = task.split_targets()
-        for targets in (train, val, test):
-            assert set(targets.tolist()) == {0, 1}
-        total = len(task.train) + len(task.val) + len(task.test)
-        assert abs(len(task.train) - 0.6 * total) <= 2
+        counts = np.bincount(task.targets)
+        assert task.majority_rate == pytest.approx(counts.max() / counts.sum())
 
 
 @pytest.mark.parametrize("score", ["expression", "differential"])

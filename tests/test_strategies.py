@@ -140,3 +140,51 @@ def test_every_strategy_trains_and_evaluates_end_to_end(tmp_path, data_and_split
     document = evaluate_strategy(config, kind, data, split, tmp_path)
     final = document["regression"]["matrix"][-1]
     assert len(final) == 3 and all(value is not None and value > 0 for value in final)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def test_steps_and_cells_per_stage_of_finetune_replay_and_joint(tmp_path, data_and_split) -> None:
+    """Replay's default epoch spends fine-tuning's steps; ``current_cells`` and joint spend more."""
+    stages = data_and_split[1].cell_stages
+    n = {k: int((stages == k).sum()) for k in (0, 1, 2)}
+    epochs, batch = 2, 16  # make_config's train section
+    records = {}
+    for name, entry in {
+        "finetune": {"kind": "finetune"},
+        "replay": {"kind": "replay", "buffer_size": 20, "mix": 0.25},
+        "replay_all": {"kind": "replay", "buffer_size": 20, "mix": 0.25, "epoch": "current_cells"},
+        "joint": {"kind": "joint"},
+    }.items():
+        records[name] = _trainer(tmp_path, data_and_split, name, **{name: entry}).run()
+    finetune = [epochs * _ceil(n[k], batch) for k in (0, 1, 2)]
+    assert [r.optimizer_steps for r in records["finetune"]] == finetune
+    assert [r.cells_processed for r in records["finetune"]] == [epochs * n[k] for k in (0, 1, 2)]
+    assert [r.optimizer_steps for r in records["replay"]] == finetune
+    assert [r.cells_processed for r in records["replay"]][1:] == [steps * batch for steps in finetune[1:]]
+    n_current = batch - round(0.25 * batch)
+    assert [r.optimizer_steps for r in records["replay_all"]][1:] == [
+        epochs * _ceil(n[k], n_current) for k in (1, 2)
+    ]
+    seen = [n[0], n[0] + n[1], n[0] + n[1] + n[2]]
+    assert [r.optimizer_steps for r in records["joint"]] == [epochs * _ceil(m, batch) for m in seen]
+    assert [r.cells_processed for r in records["joint"]] == [epochs * m for m in seen]
+
+
+def test_small_initial_rows_move_during_their_stage_where_unit_rows_barely_turn(
+    tmp_path, data_and_split
+) -> None:
+    """The embedding diagnostic, and the reason for ``gene_init_std``: rows behind a LayerNorm move
+    by about ``lr`` per step, so only small rows change direction within a stage."""
+    data, split = data_and_split
+    cosines = {}
+    for std in (0.02, 1.0):
+        config = make_config(model={"preset": "tiny", "gene_init_std": std})
+        trainer = StageTrainer(config, "finetune", 0, data, split, tmp_path / str(std), progress=False)
+        records = trainer.run()
+        assert [len(r.embedding_cosine) for r in records] == [1, 2, 3]
+        cosines[std] = [r.embedding_cosine[r.stage] for r in records]  # each stage's new rows
+    assert all(c < 0.97 for c in cosines[0.02])
+    assert all(c > 0.999 for c in cosines[1.0])

@@ -251,9 +251,9 @@ def evaluate(
         data,
         split,
         checkpoints or Path("checkpoints") / strategy,
-        reference_document,
         tracker=tracker,
         tags=tags,
+        reference=reference_document,
     )
     out = out or Path("metrics") / f"{strategy}.json"
     write_json(out, document)

@@ -244,6 +244,15 @@ class Config(Section):
     sweep: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
+    def _reference_is_not_a_strategy_name(self) -> Config:
+        if "reference" in self.strategies:
+            raise ValueError(
+                "strategies: 'reference' is reserved (metrics/reference.json holds the reference points); "
+                "rename that entry"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _benchmark_names_exist(self) -> Config:
         unknown = [name for name in self.benchmark if name not in self.strategies]
         if unknown:

@@ -20,26 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gil.config import Config, evaluation_tags, run_params
-from gil.data.batches import BatchBuilder
-from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
-from gil.data.vocab import Vocabulary
-from gil.errors import GilError
+from gil.data.layout import ProcessedData, Split, Task
+from gil.files import finite_or_none, write_json
 from gil.metrics import final_skill, mean_std, new_set_skill, skill, summarize
-from gil.metrics.probes import (
-    ProbeResult,
-    cell_embeddings,
-    cross_validated_probe,
-    input_expression,
-    paired_delta,
-)
-from gil.metrics.regression import RegressionRow, regression_row
-from gil.model import GeneTransformer
+from gil.metrics.probes import ProbeResult, paired_delta
+from gil.metrics.regression import RegressionRow
+from gil.reference import check_reference, compute_reference
+from gil.scoring import EvaluationInputs
 from gil.tracking.base import NullTracker, Tracker
 from gil.train.checkpoint import load_checkpoint, stage_path
-from gil.train.loop import derive_seed, load_stage_model, pick_device, record_of, run_fingerprint
+from gil.train.loop import load_stage_model, record_of, run_fingerprint
 
 HEADLINE = (
     "pooled masked-value MSE of the MLM head over all masked positions of each gene set "
@@ -52,101 +44,8 @@ EVALUATION_NOTE = (
 PROBE_KEYS = ("accuracy", "accuracy_se", "macro_f1", "knn_accuracy")
 
 
-def _clean(value: Any) -> Any:
-    """NaN to None, numpy scalars to Python, recursively (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, float | np.floating):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _nan_square(size: int) -> np.ndarray:
     return np.full((size, size), np.nan)
-
-
-class EvaluationInputs:
-    """The fixed evaluation of a config and split: cells, batches, seeds and probe protocol.
-
-    Shared by the strategies' evaluation and the reference predictors (:mod:`gil.reference`), so
-    both are scored on exactly the same positions, masks and probe inputs.
-    """
-
-    def __init__(self, config: Config, data: ProcessedData, split: Split):
-        self.config, self.split = config, split
-        self.vocab = Vocabulary.from_split(split)
-        self.max_seq = config.evaluate.max_seq or config.model.resolved()["max_seq"]
-        self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
-        self.device = pick_device(config.train.device)
-        self.eval_rows = split.cells_of_stage(EVAL_STAGE)
-        self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
-
-    def regression(self, model: torch.nn.Module, stage: int) -> RegressionRow:
-        """Row ``stage`` of ``R`` for ``model`` (which knows the gene sets ``0..stage``)."""
-        cfg = self.config.evaluate
-        return regression_row(
-            model,
-            self.builder,
-            self.eval_rows,
-            stage,
-            self.pass_seeds,
-            cfg.batch_size,
-            self.config.train.mask_fraction,
-            self.max_seq,
-            self.device,
-            cfg.gene_sampling,
-        )
-
-    def probe(self, features: np.ndarray, task: Task) -> ProbeResult:
-        cfg = self.config.evaluate
-        return cross_validated_probe(
-            features, task.targets, cfg.probe.folds, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed
-        )
-
-    def embeddings(self, model: GeneTransformer, task: Task, stage: int) -> np.ndarray:
-        cfg = self.config.evaluate
-        return cell_embeddings(
-            model,
-            self.builder,
-            task.cells,
-            stage,
-            cfg.seed,
-            cfg.batch_size,
-            self.max_seq,
-            self.device,
-            cfg.probe.input,
-        )
-
-    def input_expression(self, task: Task, stage: int) -> np.ndarray:
-        cfg = self.config.evaluate
-        return input_expression(
-            self.builder, task.cells, stage, cfg.seed, cfg.batch_size, self.max_seq, cfg.probe.input
-        )
-
-
-def reference_settings(config: Config, split: Split) -> dict[str, Any]:
-    """What a reference document must have been computed under to serve this evaluation."""
-    return {
-        "gene_sets": split.set_names,
-        "evaluate": config.evaluate.model_dump(mode="json", exclude={"batch_size"}),
-        "mask_fraction": config.train.mask_fraction,
-        "max_seq": config.evaluate.max_seq or config.model.resolved()["max_seq"],
-    }
-
-
-def check_reference(reference: dict[str, Any], split: Split, config: Config) -> None:
-    """Refuse a reference document made for another split or other evaluation settings."""
-    if reference.get("settings") != _clean(reference_settings(config, split)):
-        raise GilError(
-            "the reference (gil reference) was computed for another split or other evaluation settings; "
-            "rerun `gil reference` (or `dvc repro`)"
-        )
 
 
 @dataclass
@@ -355,10 +254,10 @@ def seed_artifacts(
     strategy: str, seed: int, summary: dict[str, Any], set_names: list[str], out_dir: Path
 ) -> list[Path]:
     """Files for the seed's parent run: its metrics JSON, its ``R`` heatmap and forgetting curves."""
-    from gil.files import write_json
+
     from gil.report import plot_forgetting_curves, plot_results_matrix
 
-    document = _clean({"strategy": strategy, "gene_sets": set_names, **summary})
+    document = finite_or_none({"strategy": strategy, "gene_sets": set_names, **summary})
     paths = [
         out_dir / f"metrics_{strategy}_seed{seed}.json",
         out_dir / f"R_{strategy}_seed{seed}.png",
@@ -403,13 +302,14 @@ def evaluate_strategy(
     data: ProcessedData,
     split: Split,
     checkpoints: Path,
-    reference: dict[str, Any],
     tracker: Tracker | None = None,
     tags: dict[str, str] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metrics document of one strategy over all seeds (see the module docstring).
 
-    ``reference`` is the document of ``gil reference`` for the same split and evaluation settings.
+    ``reference`` is the document of ``gil reference`` for the same split and evaluation settings
+    (the pipeline computes it once for every strategy); None computes it here.
 
     Each seed's results go to the tracker on the parent run that training opened (reopened here),
     once the seed is evaluated, so an evaluation that fails leaves the run as it was. Seeds are
@@ -419,6 +319,8 @@ def evaluate_strategy(
     tracker = tracker or NullTracker()
     evaluator = Evaluator(config, strategy, data, split, checkpoints)
     evaluator.check_checkpoints()
+    if reference is None:
+        reference = compute_reference(config, data, split)
     check_reference(reference, split, config)
     per_seed: dict[str, dict[str, Any]] = {}
     for seed in config.train.seeds:
@@ -435,4 +337,4 @@ def evaluate_strategy(
         **_aggregate(per_seed),
         "per_seed": per_seed,
     }
-    return _clean(document)
+    return finite_or_none(document)

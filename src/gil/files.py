@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gil.errors import GilError
 
@@ -84,3 +87,18 @@ def read_json(path: Path | str) -> Any:
         raise GilError(
             f"{path} is not valid JSON ({error.msg}); delete it and rerun the step that writes it"
         ) from None
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN to None and numpy values to plain Python, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return finite_or_none(value.tolist())
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -21,8 +21,10 @@ import numpy as np
 
 from gil.config import Config
 from gil.data.layout import ProcessedData, Split
-from gil.evaluate import EvaluationInputs, _clean, reference_settings
+from gil.errors import GilError
+from gil.files import finite_or_none
 from gil.metrics.gene_mean import GeneMeanPredictor, gene_means
+from gil.scoring import EvaluationInputs, reference_settings
 
 NOTE = (
     "gene_mean_mse: each gene's mean value over the training cells that carry it, scored on the "
@@ -55,7 +57,7 @@ def compute_reference(config: Config, data: ProcessedData, split: Split) -> dict
             "raw_accuracy_se": [result.accuracy_se for result in results],
             "raw_knn_accuracy": [result.knn_accuracy for result in results],
         }
-    return _clean(
+    return finite_or_none(
         {
             "note": NOTE,
             "settings": reference_settings(config, split),
@@ -65,3 +67,12 @@ def compute_reference(config: Config, data: ProcessedData, split: Split) -> dict
             "probe": probes,
         }
     )
+
+
+def check_reference(reference: dict[str, Any], split: Split, config: Config) -> None:
+    """Refuse a reference document made for another split or other evaluation settings."""
+    if reference.get("settings") != finite_or_none(reference_settings(config, split)):
+        raise GilError(
+            "the reference (gil reference) was computed for another split or other evaluation settings; "
+            "rerun `gil reference` (or `dvc repro`)"
+        )

@@ -60,8 +60,8 @@ LEGEND = "\n".join(
         " stage k, averaged; final skill: every gene set after the last stage, averaged.",
         "- Steps = optimizer steps of the incremental stages (the compute a strategy spent).",
         "- Probe Δ = cross-validated linear-probe accuracy after the last stage − accuracy when the task's"
-        " genes were learned, averaged over tasks (negative = forgetting); ± is its standard error over"
-        " the probe cells (paired, same cells at both stages).",
+        " genes were learned, averaged over tasks (negative = forgetting); ± is the std over seeds, se the"
+        " standard error over the probe cells (paired: the same cells at both stages).",
     ]
 )
 
@@ -369,7 +369,7 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
         *(title for title, _ in columns),
         f"{gene_sets[1]}: after stage 1 → after stage {last}",
         "steps",
-        "probe Δ ± se",
+        "probe Δ (± std; se)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -382,10 +382,17 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
             *(_format(*_stat(regression, key)) for _, key in columns),
             f"{_format(matrix[1, 1])} → {_format(matrix[last, 1])}",
             _steps(metrics),
-            _format(_stat(probe, "delta")[0], _number(probe.get("delta_se"))),
+            _probe_delta(probe),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+
+
+def _probe_delta(probe: Mapping[str, Any]) -> str:
+    """``mean ± std over seeds; se <standard error over the probe cells>`` (the se when known)."""
+    se = _number(probe.get("delta_se"))
+    text = _format(*_stat(probe, "delta"))
+    return text if se is None or text == _MISSING else f"{text}; se {se:.3f}"
 
 
 def _steps(metrics: Metrics) -> str:

@@ -135,10 +135,32 @@ def fold_of_cells(targets: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> LogisticRegression:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=c, max_iter=500, random_state=seed).fit(x, y)
+def _best_c_predictions(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    x_test: np.ndarray,
+    c_grid: list[float],
+    seed: int,
+) -> np.ndarray:
+    """Test predictions of the logistic regression whose ``C`` scores best on the validation cells.
+
+    The grid is walked from the strongest regularisation up with warm starts (each fit starts from
+    the previous solution): several times faster on thousands of raw-expression features. Ties go
+    to the smaller ``C``.
+    """
+    probe = LogisticRegression(max_iter=500, random_state=seed, warm_start=True)
+    best_accuracy, best_predictions = -1.0, np.empty(0)
+    for c in sorted(c_grid):
+        probe.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probe.fit(x_train, y_train)
+        accuracy = float(np.mean(probe.predict(x_val) == y_val))
+        if accuracy > best_accuracy:
+            best_accuracy, best_predictions = accuracy, probe.predict(x_test)
+    return best_predictions
 
 
 def cross_validated_probe(
@@ -153,9 +175,7 @@ def cross_validated_probe(
         train = ~(test | val)
         scaler = StandardScaler().fit(features[train])
         x_train, x_val, x_test = (scaler.transform(features[part]) for part in (train, val, test))
-        scored = [(c, _fit_logistic(x_train, targets[train], c, seed)) for c in c_grid]
-        val_accuracy = [float(np.mean(probe.predict(x_val) == targets[val])) for _, probe in scored]
-        linear[test] = scored[int(np.argmax(val_accuracy))][1].predict(x_test)
+        linear[test] = _best_c_predictions(x_train, targets[train], x_val, targets[val], x_test, c_grid, seed)
         fit_cells = train | val
         k = min(knn_k, int(fit_cells.sum()))
         neighbours = KNeighborsClassifier(n_neighbors=k).fit(

@@ -1,0 +1,87 @@
+"""The fixed evaluation of a config and split: cells, batches, seeds and probe protocol.
+
+Why a module of its own: the strategies' evaluation (:mod:`gil.evaluate`) and the reference points
+(:mod:`gil.reference`) must score on exactly the same positions, masks and probe inputs, so both
+take them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from gil.config import Config
+from gil.data.batches import BatchBuilder
+from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
+from gil.data.vocab import Vocabulary
+from gil.metrics.probes import ProbeResult, cell_embeddings, cross_validated_probe, input_expression
+from gil.metrics.regression import RegressionRow, regression_row
+from gil.model import GeneTransformer
+from gil.train.loop import derive_seed, pick_device
+
+
+class EvaluationInputs:
+    """The held-out cells, batch builder, pass seeds and probe settings of one config and split."""
+
+    def __init__(self, config: Config, data: ProcessedData, split: Split):
+        self.config, self.split = config, split
+        self.vocab = Vocabulary.from_split(split)
+        self.max_seq = config.evaluate.max_seq or config.model.resolved()["max_seq"]
+        self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
+        self.device = pick_device(config.train.device)
+        self.eval_rows = split.cells_of_stage(EVAL_STAGE)
+        self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
+
+    def regression(self, model: torch.nn.Module, stage: int) -> RegressionRow:
+        """Row ``stage`` of ``R`` for ``model`` (which knows the gene sets ``0..stage``)."""
+        cfg = self.config.evaluate
+        return regression_row(
+            model,
+            self.builder,
+            self.eval_rows,
+            stage,
+            self.pass_seeds,
+            cfg.batch_size,
+            self.config.train.mask_fraction,
+            self.max_seq,
+            self.device,
+            cfg.gene_sampling,
+        )
+
+    def probe(self, features: np.ndarray, task: Task) -> ProbeResult:
+        cfg = self.config.evaluate
+        return cross_validated_probe(
+            features, task.targets, cfg.probe.folds, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed
+        )
+
+    def embeddings(self, model: GeneTransformer, task: Task, stage: int) -> np.ndarray:
+        cfg = self.config.evaluate
+        return cell_embeddings(
+            model,
+            self.builder,
+            task.cells,
+            stage,
+            cfg.seed,
+            cfg.batch_size,
+            self.max_seq,
+            self.device,
+            cfg.probe.input,
+        )
+
+    def input_expression(self, task: Task, stage: int) -> np.ndarray:
+        cfg = self.config.evaluate
+        return input_expression(
+            self.builder, task.cells, stage, cfg.seed, cfg.batch_size, self.max_seq, cfg.probe.input
+        )
+
+
+def reference_settings(config: Config, split: Split) -> dict[str, Any]:
+    """What a reference document must have been computed under to serve this evaluation."""
+    return {
+        "gene_sets": split.set_names,
+        "evaluate": config.evaluate.model_dump(mode="json", exclude={"batch_size"}),
+        "mask_fraction": config.train.mask_fraction,
+        "max_seq": config.evaluate.max_seq or config.model.resolved()["max_seq"],
+    }

@@ -1,0 +1,89 @@
+"""Probes: the input selection, stratified folds, C chosen on validation, paired Δ and its error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factories import make_processed, make_split
+
+from gil.data.batches import BatchBuilder
+from gil.data.layout import EVAL_STAGE
+from gil.data.vocab import CLS, Vocabulary
+from gil.metrics.probes import _best_c_predictions, fold_of_cells, input_expression, paired_delta
+
+
+@pytest.fixture(scope="module")
+def builder() -> BatchBuilder:
+    data = make_processed(n_cells=80, n_genes=40, density=0.6)
+    split = make_split(data, n_stages=2, genes_per_stage=6)
+    return BatchBuilder(data, Vocabulary.from_split(split), split.cell_stages, max_seq=32)
+
+
+def test_probe_batch_takes_the_most_expressed_known_genes(builder: BatchBuilder) -> None:
+    rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:10]
+    max_seq = 5
+    batch = builder.probe_batch(rows, known_stage=1, max_seq=max_seq)
+    assert not bool(batch.masked.any())
+    assert bool((batch.genes[:, 0] == CLS).all())
+    lengths, columns, values = builder.rows.read(rows)
+    starts = np.cumsum(lengths) - lengths
+    for i in range(len(rows)):
+        cell_columns = columns[starts[i] : starts[i] + lengths[i]]
+        cell_values = values[starts[i] : starts[i] + lengths[i]]
+        tokens = builder.token_of_column[cell_columns]
+        known = builder.set_of_token[tokens] <= 1
+        expected_top = np.sort(cell_values[known])[::-1][:max_seq]
+        real = ~batch.padding[i]
+        real[0] = False
+        got = batch.values[i][real].numpy()
+        assert np.allclose(np.sort(got)[::-1], expected_top)
+        assert bool((batch.gene_sets[i][real] <= 1).all())
+    again = builder.probe_batch(rows, known_stage=1, max_seq=max_seq)
+    assert bool((again.genes == batch.genes).all()) and bool((again.values == batch.values).all())
+
+
+def test_input_expression_is_the_probe_input_as_a_matrix(builder: BatchBuilder) -> None:
+    rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:6]
+    matrix = input_expression(builder, rows, stage=0, seed=0, batch_size=4, max_seq=5)
+    n_base = int((builder.set_of_token == 0).sum())
+    assert matrix.shape == (6, n_base)
+    batch = builder.probe_batch(rows, 0, 5)
+    assert (matrix != 0).sum(axis=1).tolist() == (~batch.padding).sum(dim=1).sub(1).tolist()
+    assert np.allclose(np.sort(matrix, axis=1)[:, ::-1][:, :5].sum(axis=1), batch.values.sum(dim=1).numpy())
+
+
+def test_folds_are_stratified_and_deterministic() -> None:
+    targets = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    fold = fold_of_cells(targets, 5, seed=3)
+    for label in (0, 1):
+        assert (
+            np.bincount(fold[targets == label], minlength=5).tolist()
+            == [len(targets[targets == label]) // 5] * 5
+        )
+    assert len(set(fold[targets == 2].tolist())) == 2  # a rare class is spread, not piled into fold 0
+    assert np.array_equal(fold, fold_of_cells(targets, 5, seed=3))
+
+
+def test_c_is_chosen_on_the_validation_cells_not_the_test_cells() -> None:
+    rng = np.random.default_rng(0)
+    x_train = np.vstack([rng.normal(-2, 0.3, (30, 1)), rng.normal(2, 0.3, (10, 1))])
+    y_train = np.array([0] * 30 + [1] * 10)
+    x_test = np.array([[2.0], [2.5]])
+    # validation cells that only the strongly regularised probe (always class 0) gets right
+    x_val, y_val = np.array([[2.0], [2.2]]), np.array([0, 0])
+    predictions = _best_c_predictions(x_train, y_train, x_val, y_val, x_test, [1e-6, 100.0], 0)
+    assert predictions.tolist() == [0, 0]
+    # validation cells that favour the weakly regularised probe
+    x_val, y_val = np.array([[2.0], [-2.0]]), np.array([1, 0])
+    predictions = _best_c_predictions(x_train, y_train, x_val, y_val, x_test, [1e-6, 100.0], 0)
+    assert predictions.tolist() == [1, 1]
+
+
+def test_paired_delta_and_its_standard_error() -> None:
+    before = np.array([1, 1, 1, 0, 1, 0], dtype=bool)
+    after = np.array([1, 0, 1, 0, 0, 1], dtype=bool)
+    delta, se = paired_delta(after, before)
+    differences = np.array([0, -1, 0, 0, -1, 1], dtype=float)
+    assert delta == pytest.approx(-1 / 6)
+    assert se == pytest.approx(differences.std(ddof=1) / np.sqrt(6))
+    assert paired_delta(before, after)[0] == pytest.approx(1 / 6)
