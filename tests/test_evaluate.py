@@ -90,3 +90,24 @@ def test_probe_cells_are_the_same_at_every_stage(trained, monkeypatch) -> None:
     assert len({rows for rows in rows_by_stage.values()}) == 1
     task = split.tasks[0]
     assert rows_by_stage[0] == tuple(task.cells)
+
+
+def test_skill_compute_and_probe_delta_follow_their_definitions(trained) -> None:
+    config, data, split, out = trained
+    document = evaluate_strategy(config, "finetune", data, split, out)
+    baseline = np.array(document["reference"]["gene_mean_mse"])
+    for seed in ("0", "1"):
+        run = document["per_seed"][seed]
+        matrix = np.array(run["regression"]["matrix"], dtype=float)
+        skill = np.array(run["regression"]["skill"], dtype=float)
+        np.testing.assert_allclose(skill, 1 - matrix / baseline[None, :])
+        assert run["regression"]["skill_new"] == pytest.approx(np.mean([skill[1, 1], skill[2, 2]]))
+        assert run["regression"]["skill_final"] == pytest.approx(skill[2].mean())
+        task = run["probe"]["tasks"]["kind"]
+        assert task["learned_at"] == 1
+        assert task["delta"] == pytest.approx(task["accuracy"][2] - task["accuracy"][1])
+        steps = run["compute"]["optimizer_steps"]
+        assert run["compute"]["optimizer_steps_incremental"] == steps[1] + steps[2] > 0
+    assert document["regression"]["skill_new_mean"] == pytest.approx(
+        np.mean([document["per_seed"][s]["regression"]["skill_new"] for s in ("0", "1")])
+    )
