@@ -107,3 +107,18 @@ def test_clear_errors(sqlite_uri: str) -> None:
         GilError, match="no run of 'unfinished' has metric 'forgetting'; available: final_mse"
     ):
         fetch_leaderboard(sqlite_uri, "unfinished")
+
+
+def test_learning_note_names_strategies_that_barely_learned_their_new_genes() -> None:
+    import pandas as pd
+
+    from gil.tracking.leaderboard import learning_note
+
+    table = pd.DataFrame(
+        {"strategy": ["finetune", "distill_50", "replay"], "skill_new_mean": [0.5, 0.05, 0.1]}
+    )
+    assert learning_note(table) == (
+        "Barely learned its new genes (skill_new < 0.1): distill_50; its forgetting says little.\n"
+    )
+    assert learning_note(table.drop(index=1)) == ""
+    assert learning_note(table.drop(columns="skill_new_mean")) == ""

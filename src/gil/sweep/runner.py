@@ -148,9 +148,8 @@ def _fail_once(marker: str | None) -> None:
 def _train_and_report(
     params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split, scratch: Path, run: Any
 ) -> None:
-    from gil.evaluate import Evaluator
-    from gil.metrics.regression import regression_row
     from gil.model import GeneTransformer
+    from gil.scoring import EvaluationInputs
     from gil.train.checkpoint import stage_path
     from gil.train.loop import StageTrainer
 
@@ -168,20 +167,10 @@ def _train_and_report(
         tracker=last_epoch,
         progress=False,
     )
-    evaluator = Evaluator(config, setup.strategy, data, split, run_dir)
+    evaluation = EvaluationInputs(config, data, split)
 
     def report_stage(stage: int, model: GeneTransformer) -> None:
-        row = regression_row(
-            model,
-            evaluator.builder,
-            evaluator.eval_rows,
-            stage,
-            evaluator.pass_seeds,
-            config.evaluate.batch_size,
-            config.train.mask_fraction,
-            evaluator.max_seq,
-            trainer.device,
-        )
+        row = evaluation.regression(model, stage)
         rows.append(row.mse)
         metrics = {
             "stage": float(stage),

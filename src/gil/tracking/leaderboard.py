@@ -134,6 +134,28 @@ def format_table(table: pd.DataFrame, markdown: bool = False) -> str:
     return "\n".join("  ".join(line).rstrip() for line in lines) + "\n"
 
 
+LEARNED_SKILL = 0.1
+"""``skill_new`` below this: the new gene sets were barely learned beyond the per-gene means."""
+
+
+def learning_note(table: pd.DataFrame) -> str:
+    """A line naming strategies whose low forgetting may only mean they learned little.
+
+    Forgetting is measured on gene sets the model learned; ``skill_new`` (1 − MSE / per-gene-mean
+    MSE on each new set right after its stage) says whether it did. Empty when every strategy
+    learned, or when the runs carry no ``skill_new``.
+    """
+    if "skill_new_mean" not in table.columns:
+        return ""
+    weak = table.loc[table["skill_new_mean"] < LEARNED_SKILL, "strategy"].tolist()
+    if not weak:
+        return ""
+    return (
+        f"Barely learned its new genes (skill_new < {LEARNED_SKILL}): {', '.join(map(str, weak))}; "
+        "its forgetting says little.\n"
+    )
+
+
 def _leaderboard_run_id(client: MlflowClient, experiment_id: str) -> str:
     """The experiment's one leaderboard run, created on first use (re-runs update it in place)."""
     existing = _search_all(client, experiment_id, f"tags.`{TAG_KIND}` = '{KIND_LEADERBOARD}'")
@@ -162,8 +184,13 @@ def run_leaderboard(
     markdown = (
         f"# Leaderboard: {experiment}\n\n"
         f"Ranked by mean `{metric}` over seeds ({direction} is better), ties by `{tiebreak}`; "
-        "cells are mean ± sample std.\n\n" + format_table(table, markdown=True)
+        "cells are mean ± sample std. `skill_new`: 1 − MSE / per-gene-mean MSE on each new gene set "
+        "right after its stage (was it learned?); `optimizer_steps`: the incremental stages' compute.\n\n"
+        + format_table(table, markdown=True)
     )
+    note = learning_note(table)
+    if note:
+        markdown += "\n" + note
     markdown_path, csv_path = out_dir / "leaderboard.md", out_dir / "leaderboard.csv"
     write_text(markdown_path, markdown)
     with atomic_file(csv_path) as tmp:
