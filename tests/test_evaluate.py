@@ -111,3 +111,13 @@ def test_skill_compute_and_probe_delta_follow_their_definitions(trained) -> None
     assert document["regression"]["skill_new_mean"] == pytest.approx(
         np.mean([document["per_seed"][s]["regression"]["skill_new"] for s in ("0", "1")])
     )
+
+
+def test_a_task_learned_at_the_last_stage_has_no_probe_delta(trained) -> None:
+    import dataclasses
+
+    config, data, split, out = trained
+    late = dataclasses.replace(split, tasks=[dataclasses.replace(split.tasks[0], learned_at=2)])
+    document = evaluate_strategy(config, "finetune", data, late, out)
+    assert document["per_seed"]["0"]["probe"]["tasks"]["kind"]["delta"] is None
+    assert document["per_seed"]["0"]["probe"]["delta"] is None and document["probe"]["delta"] is None

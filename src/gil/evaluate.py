@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,25 +78,35 @@ class SeedEvaluation:
         probe_tasks = {}
         for task in tasks:
             results = self.probes[task.name]
-            delta, delta_se = paired_delta(results[-1].correct, results[task.learned_at].correct)
+            # A task learned at the last stage has nothing to forget yet (like T_n in the regression Δ).
+            if task.learned_at < len(results) - 1:
+                delta, delta_se = paired_delta(results[-1].correct, results[task.learned_at].correct)
+            else:
+                delta, delta_se = float("nan"), float("nan")
             probe_tasks[task.name] = {
                 **{key: [getattr(result, key) for result in results] for key in PROBE_KEYS},
                 "learned_at": task.learned_at,
                 "delta": delta,
                 "delta_se": delta_se,
             }
-        deltas = [t["delta"] for t in probe_tasks.values()]
-        ses = np.array([t["delta_se"] for t in probe_tasks.values()])
         return {
             "regression": regression,
-            "probe": {
-                "tasks": probe_tasks,
-                "delta": float(np.mean(deltas)) if deltas else float("nan"),
-                "delta_se": float(np.sqrt(np.sum(ses**2)) / len(ses)) if len(ses) else float("nan"),
-            },
+            "probe": {"tasks": probe_tasks, **_combined_delta(probe_tasks.values())},
             "embedding_cosine": self.embedding_cosine,
             "compute": _compute_summary(self.optimizer_steps, self.cells_processed),
         }
+
+
+def _combined_delta(parts: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Mean of several Δ (NaN ones left out) and the standard error of that mean, ``sqrt(Σ se²) / m``."""
+    kept = [part for part in parts if not math.isnan(part["delta"])]
+    if not kept:
+        return {"delta": float("nan"), "delta_se": float("nan")}
+    ses = np.array([part["delta_se"] for part in kept], dtype=float)
+    return {
+        "delta": float(np.mean([part["delta"] for part in kept])),
+        "delta_se": float(np.sqrt(np.sum(ses**2)) / len(kept)),
+    }
 
 
 def _compute_summary(steps: list[int], cells: list[int]) -> dict[str, Any]:
@@ -218,13 +229,7 @@ def _mean_delta(per_seed: list[dict[str, Any]]) -> dict[str, float]:
     are the same: a conservative figure next to the spread over seeds).
     """
     mean, std = mean_std([s["delta"] for s in per_seed])
-    ses = np.array([s["delta_se"] for s in per_seed], dtype=float)
-    return {
-        "delta": mean,
-        "delta_mean": mean,
-        "delta_std": std,
-        "delta_se": float(np.sqrt(np.sum(ses**2)) / len(ses)),
-    }
+    return {"delta_mean": mean, "delta_std": std, **_combined_delta(per_seed)}
 
 
 SUMMARY_NAMES = (
