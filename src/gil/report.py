@@ -199,12 +199,14 @@ def _stage_labels(n_rows: int) -> list[str]:
 # Figures
 
 
-def _new_figure(n_panels: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
-    """A figure with ``n_panels`` side-by-side axes on its own Agg canvas."""
+def _new_figure(
+    n_panels: int, panel_size: tuple[float, float], legend_width: float = 0.0
+) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n_panels`` side-by-side axes on its own Agg canvas (plus room for a legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(panel_size[0] * n_panels, panel_size[1]), layout="constrained")
+    figure = Figure(figsize=(panel_size[0] * n_panels + legend_width, panel_size[1]), layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(figure.subplots(1, n_panels, squeeze=False)[0])
 
@@ -213,6 +215,12 @@ def _save_png(figure: Figure, path: Path | str) -> None:
     """Write ``figure`` as a PNG atomically, without the matplotlib version stamp."""
     with atomic_file(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+
+
+def _outside_legend(figure: Figure, axes: Axes) -> None:
+    """One legend for the figure, right of the panels, so it never hides a line."""
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(handles, labels, title="strategy", fontsize=8, loc="outside right upper")
 
 
 def _strategy_colors(names: Sequence[str]) -> dict[str, str]:
@@ -263,7 +271,7 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
     gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
     n_old = len(gene_sets) - 1  # the last gene set has a single point: nothing to forget yet
     colors = _strategy_colors(names)
-    figure, panels = _new_figure(n_old, (4.0, 3.2))
+    figure, panels = _new_figure(n_old, (4.0, 3.2), legend_width=2.0)
     for gene_set_index, axes in enumerate(panels):
         stages = np.arange(gene_set_index, len(gene_sets))
         for name in names:
@@ -285,7 +293,7 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
         axes.set_title(f"{gene_sets[gene_set_index]} (learned at stage {gene_set_index})")
         axes.set_xlabel("after stage")
         axes.set_ylabel(f"MSE on {gene_sets[gene_set_index]}")
-    panels[-1].legend(title="strategy", fontsize=8)
+    _outside_legend(figure, panels[-1])
     _save_png(figure, path)
 
 
@@ -300,7 +308,7 @@ def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path |
             tasks.setdefault(task, result["learned_at"])
     colors = _strategy_colors(names)
     stage_labels = _stage_labels(len(metrics_by_strategy[names[0]]["gene_sets"]))
-    figure, panels = _new_figure(max(len(tasks), 1), (4.0, 3.2))
+    figure, panels = _new_figure(max(len(tasks), 1), (4.5, 3.2), legend_width=2.2)
     if not tasks:
         panels[0].text(0.5, 0.5, "no probe results in the metrics", ha="center", va="center")
         panels[0].set_axis_off()
@@ -337,7 +345,8 @@ def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path |
         axes.set_title(f"{task} (genes learned at stage {learned_at})")
         axes.set_xlabel("after stage")
         axes.set_ylabel("probe accuracy")
-        axes.legend(title="strategy", fontsize=8)
+    if tasks:
+        _outside_legend(figure, panels[0])
     _save_png(figure, path)
 
 
