@@ -109,16 +109,8 @@ class BatchBuilder:
         weights = _sampling_weights(segment, values, self.sampling.weights)
         keys = _sampling_keys(rng.random(len(values)), weights, weighted_cells[segment])
         keep, rank = _top_per_segment(segment, keys, self.max_seq)
-        mask_draws = rng.random(len(values))
-        return _pad(
-            rows,
-            segment[keep],
-            rank[keep],
-            tokens[keep],
-            sets[keep],
-            values[keep],
-            mask_draws[keep] < mask_fraction,
-        )
+        masked = rng.random(len(values)) < mask_fraction
+        return _pad_kept(keep, rows, segment, rank, tokens, sets, values, masked)
 
     def evaluation_batch(
         self,
@@ -167,15 +159,8 @@ class BatchBuilder:
         known = sets <= known_stage
         segment, tokens, sets, values = segment[known], tokens[known], sets[known], values[known]
         keep, rank = _top_per_segment(segment, values.astype(np.float64), max_seq)
-        return _pad(
-            rows,
-            segment[keep],
-            rank[keep],
-            tokens[keep],
-            sets[keep],
-            values[keep],
-            np.zeros(int(keep.sum()), dtype=bool),
-        )
+        unmasked = np.zeros(len(values), dtype=bool)
+        return _pad_kept(keep, rows, segment, rank, tokens, sets, values, unmasked)
 
 
 def _sampling_weights(segment: np.ndarray, values: np.ndarray, weights: SamplingWeights) -> np.ndarray:
@@ -227,6 +212,11 @@ def _rank_in_segment(segment: np.ndarray) -> np.ndarray:
     """Each entry's position within its segment (``segment`` non-decreasing): no sort needed."""
     counts = np.bincount(segment)
     return np.arange(len(segment)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _pad_kept(keep: np.ndarray, rows: np.ndarray, *entries: np.ndarray) -> Batch:
+    """:func:`_pad` of the flat entries selected by ``keep`` (segment, rank, tokens, sets, values, masked)."""
+    return _pad(rows, *(entry[keep] for entry in entries))
 
 
 def _pad(
