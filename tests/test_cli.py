@@ -122,3 +122,21 @@ def test_checkpoint_with_another_vocabulary_is_refused(run_cli, tiny_project, tm
         tmp_path / "m.json",
     )
     _assert_user_error(result, "different config, split or vocabulary")
+
+
+def test_reference_command_and_a_corrupt_reference_file(run_cli, tiny_project, tmp_path) -> None:
+    import json
+
+    params, processed, split = tiny_project
+    out = tmp_path / "reference.json"
+    result = run_cli("reference", "-p", params, "--processed", processed, "--split", split, "--out", out)
+    assert result.code == 0 and "per-gene-mean predictor MSE per gene set" in result.stdout
+    document = json.loads(out.read_text())
+    assert len(document["gene_mean_mse"]) == 3 and set(document["probe"]) == {"group0", "group1"}
+    out.write_text("{not json")
+    result = run_cli(
+        "evaluate", "-s", "finetune", "-p", params, "--processed", processed, "--split", split,
+        "--checkpoints", tmp_path / "none", "--reference", out, "--out", tmp_path / "m.json",
+    )  # fmt: skip
+    _assert_user_error(result, "reference.json is not valid JSON", "rerun")
+    assert not (tmp_path / "m.json").exists()

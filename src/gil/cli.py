@@ -195,7 +195,7 @@ def train_base_command(
     _print_speeds("base", results)
 
 
-ReferenceOption = Annotated[Path, typer.Option(help="Reference points file (`gil reference`).")]
+ReferenceOption = Annotated[Path, typer.Option(help="Where to write the reference points.")]
 DEFAULT_REFERENCE = Path("metrics/reference.json")
 
 
@@ -230,7 +230,8 @@ def evaluate(
         Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
     ] = None,
     reference_file: Annotated[
-        Path, typer.Option("--reference", help="Reference points file (`gil reference`).")
+        Path,
+        typer.Option("--reference", help="Reference points file (`gil reference`); computed here if absent."),
     ] = DEFAULT_REFERENCE,
     out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
 ) -> None:
@@ -240,9 +241,8 @@ def evaluate(
 
     config = _config(params)
     _require_strategy(config, strategy)
-    if not reference_file.is_file():
-        raise GilError(f"{reference_file} not found; run `gil reference` first (or `dvc repro`)")
-    reference_document = read_json(reference_file)
+    # Absent (a run outside the pipeline): evaluate_strategy computes the same points itself.
+    reference_document = read_json(reference_file) if reference_file.is_file() else None
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir)
     document = evaluate_strategy(
