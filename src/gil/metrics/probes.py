@@ -35,7 +35,6 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from gil.data.batches import Batch, BatchBuilder
-from gil.data.layout import Task
 from gil.model import GeneTransformer
 
 ProbeInput = Literal["top_expressed", "sampled"]
@@ -198,8 +197,3 @@ def paired_delta(correct_later: np.ndarray, correct_before: np.ndarray) -> tuple
     difference = correct_later.astype(float) - correct_before.astype(float)
     se = float(difference.std(ddof=1) / math.sqrt(len(difference))) if len(difference) > 1 else math.nan
     return float(difference.mean()), se
-
-
-def probe_task_cells(task: Task) -> np.ndarray:
-    """The processed rows of a task's cells (aligned with ``task.targets``)."""
-    return task.cells
