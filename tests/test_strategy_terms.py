@@ -1,0 +1,314 @@
+"""Each strategy's loss term and state, pinned by value and by direction.
+
+The end-to-end strategy tests (``test_strategies.py``) show that strategies change the weights; these
+show *how*: a sign-flipped term, a swapped merge or a dropped term changes a value asserted here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from factories import make_config, make_processed, make_split
+
+from gil.data.batches import Batch
+from gil.model import GeneTransformer
+from gil.strategies.base import StageContext
+from gil.strategies.functional import ewc_penalty, fisher_diagonal, teacher_view
+from gil.train.checkpoint import load_checkpoint, save_checkpoint, stage_path
+from gil.train.loop import StageTrainer
+
+
+@pytest.fixture(scope="module")
+def data_and_split():
+    data = make_processed(n_cells=160, n_genes=40)
+    return data, make_split(data)
+
+
+def _trainer(tmp_path, data_and_split, name: str, entry: dict, **config) -> StageTrainer:
+    data, split = data_and_split
+    return StageTrainer(
+        make_config(strategies={name: entry}, **config), name, 0, data, split, tmp_path / name, progress=False
+    )
+
+
+def _enter_stage_one(trainer: StageTrainer) -> tuple[StageContext, GeneTransformer]:
+    """Train stage 0, start stage 1 as the loop does, then move the weights off the stage-0 model.
+
+    Returns the stage-1 context and an untouched copy of the stage-0 model (the expected teacher).
+    """
+    trainer.train_stage(0)
+    stage_zero = copy.deepcopy(trainer.model).eval()
+    ctx = trainer._context(1)
+    trainer.strategy.before_stage(ctx)
+    trainer.model.grow_vocabulary(trainer.vocab.size_through(1), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for param in trainer.model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    return ctx, stage_zero
+
+
+def _stage_batch(trainer: StageTrainer, stage: int, seed: int = 0) -> Batch:
+    rows = trainer.split.cells_of_stage(stage)[:16]
+    return trainer.builder.training_batch(rows, np.random.default_rng(seed), 0.4)
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, positions: torch.Tensor) -> float:
+    return float(((a - b).detach()[positions] ** 2).mean())
+
+
+LONGER_STAGES = {
+    "seeds": [0],
+    "epochs_per_stage": 4,
+    "batch_size": 16,
+    "lr": 0.003,
+    "warmup_steps": 2,
+    "device": "cpu",
+}
+
+
+# -- distillation ---------------------------------------------------------------------------------
+
+
+def test_distill_term_is_lambda_times_mse_to_the_stage_zero_model_on_masked_base_genes(
+    tmp_path, data_and_split
+) -> None:
+    trainer = _trainer(
+        tmp_path, data_and_split, "distill", {"kind": "distill", "lam": 2.5, "cls_weight": 0.5}
+    )
+    ctx, teacher = _enter_stage_one(trainer)
+    batch = _stage_batch(trainer, 1)
+    trainer.model.eval()
+    output = ctx.forward(batch)
+    terms = trainer.strategy.loss_terms(ctx, batch, output)
+    with torch.no_grad():
+        expected = ctx.forward(teacher_view(batch, 0), teacher)
+    base_masked = (batch.gene_sets == 0) & batch.masked
+    assert bool(base_masked.any()) and bool(((batch.gene_sets == 1) & batch.masked).any())
+    assert set(terms) == {"distill", "distill_cls"}
+    assert terms["distill"].item() == pytest.approx(2.5 * _masked_mse(output.mlm, expected.mlm, base_masked))
+    cls = float(((output.cell - expected.cell) ** 2).mean())
+    assert terms["distill_cls"].item() == pytest.approx(0.5 * cls, rel=1e-5)
+    assert terms["distill"].item() > 0 and cls > 0
+
+
+def test_a_gradient_step_on_the_distill_term_brings_the_student_closer_to_the_teacher(
+    tmp_path, data_and_split
+) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "distill", {"kind": "distill", "lam": 1.0})
+    ctx, _ = _enter_stage_one(trainer)
+    batch = _stage_batch(trainer, 1)
+    trainer.model.eval()
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.05)
+    gaps = []
+    for _ in range(3):
+        term = trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))["distill"]
+        gaps.append(term.item())
+        optimizer.zero_grad()
+        term.backward()
+        optimizer.step()
+    assert gaps[2] < gaps[1] < gaps[0]
+
+
+def test_distillation_keeps_base_gene_predictions_closer_to_the_stage_zero_model(
+    tmp_path, data_and_split
+) -> None:
+    """A whole stage: distillation's student ends nearer its teacher on B than fine-tuning's."""
+    gaps = {}
+    for name, entry in {
+        "finetune": {"kind": "finetune"},
+        "distill": {"kind": "distill", "lam": 20.0},
+    }.items():
+        trainer = _trainer(tmp_path, data_and_split, name, entry, train=LONGER_STAGES)
+        trainer.train_stage(0)
+        stage_zero = copy.deepcopy(trainer.model).eval()
+        trainer.train_stage(1)
+        batch = _stage_batch(trainer, 1, seed=5)
+        trainer.model.eval()
+        with torch.no_grad():
+            student = _mlm(trainer.model, batch)
+            teacher = _mlm(stage_zero, teacher_view(batch, 0))
+        gaps[name] = _masked_mse(student, teacher, (batch.gene_sets == 0) & batch.masked)
+    assert gaps["distill"] < 0.5 * gaps["finetune"]
+
+
+def _mlm(model: GeneTransformer, batch: Batch) -> torch.Tensor:
+    return model(batch.genes, batch.values, batch.padding).mlm
+
+
+# -- EWC ----------------------------------------------------------------------------------------------
+
+
+class _Tiny(torch.nn.Module):
+    """An embedding that can grow and a shared linear layer, like the transformer's two kinds of weights."""
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.embedding = torch.nn.Parameter(torch.zeros(rows, 2))
+        self.linear = torch.nn.Linear(2, 1)
+
+
+def test_ewc_penalty_weighs_each_squared_move_by_its_fisher_and_frees_grown_rows() -> None:
+    model = _Tiny(rows=3)
+    anchor = {name: param.detach().clone() for name, param in model.named_parameters()}
+    fisher = {
+        "embedding": torch.tensor([[1.0, 2.0], [0.0, 3.0]]),  # two rows were known at the anchor
+        "linear.weight": torch.tensor([[4.0, 0.5]]),
+        "linear.bias": torch.tensor([2.0]),
+    }
+    anchor["embedding"] = anchor["embedding"][:2]
+    with torch.no_grad():
+        model.embedding += torch.tensor([[1.0, -1.0], [5.0, 2.0], [100.0, 100.0]])  # row 2 is new
+        model.linear.weight += torch.tensor([[0.5, -2.0]])
+        model.linear.bias -= 3.0
+    by_hand = (1 * 1 + 2 * 1 + 0 * 25 + 3 * 4) + (4 * 0.25 + 0.5 * 4) + 2 * 9
+    assert ewc_penalty(model, fisher, anchor).item() == pytest.approx(0.5 * by_hand)
+
+
+def test_fisher_diagonal_is_the_mean_squared_gradient_over_batches() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    batches = [(torch.tensor([1.0, 2.0]), 0.0), (torch.tensor([3.0, 0.0]), 1.0)]
+
+    def loss_of(batch):
+        x, y = batch
+        return (model(x).squeeze() - y) ** 2
+
+    fisher = fisher_diagonal(model, batches, loss_of)
+    # gradient 2 (w·x − y) x: batch 1 → 2·(−1)·(1, 2) = (−2, −4); batch 2 → 2·2·(3, 0) = (12, 0)
+    expected = torch.tensor([[(4 + 144) / 2, (16 + 0) / 2]])
+    assert torch.allclose(fisher["weight"], expected)
+    assert model.weight.grad is None  # leaves no gradient behind for the next optimizer step
+
+
+def test_ewc_term_is_lambda_times_the_penalty_and_pulls_towards_the_anchor(tmp_path, data_and_split) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "ewc", {"kind": "ewc", "lam": 3.0, "fisher_batches": 2})
+    ctx, _ = _enter_stage_one(trainer)
+    strategy = trainer.strategy
+    assert set(strategy.anchor) == {name for name, _ in trainer.model.named_parameters()}
+    batch = _stage_batch(trainer, 1)
+    term = strategy.loss_terms(ctx, batch, ctx.forward(batch))["ewc"]
+    penalty = ewc_penalty(trainer.model, strategy.fisher, strategy.anchor)
+    assert term.item() == pytest.approx(3.0 * penalty.item()) and penalty.item() > 0
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1e-3)
+    optimizer.zero_grad()
+    term.backward()
+    optimizer.step()
+    assert ewc_penalty(trainer.model, strategy.fisher, strategy.anchor).item() < penalty.item()
+
+
+def test_online_ewc_merges_fisher_as_gamma_old_plus_new(tmp_path, data_and_split) -> None:
+    trainer = _trainer(
+        tmp_path, data_and_split, "ewc", {"kind": "ewc", "lam": 1.0, "gamma": 0.25, "fisher_batches": 2}
+    )
+    trainer.train_stage(0)
+    ctx = trainer._context(0)
+    strategy = trainer.strategy
+
+    def estimate(old: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        strategy.fisher = dict(old)
+        torch.manual_seed(0)
+        strategy.after_stage(ctx)
+        return strategy.fisher
+
+    fresh = estimate({})
+    rows = trainer.model.gene_embedding.weight.shape[0]
+    old = {name: torch.full_like(value, 8.0) for name, value in fresh.items()}
+    old["gene_embedding.weight"] = torch.full((rows - 3, fresh["gene_embedding.weight"].shape[1]), 8.0)
+    merged = estimate(old)
+    for name, value in fresh.items():
+        if name == "gene_embedding.weight":
+            assert torch.allclose(merged[name][:-3], value[:-3] + 2.0)  # γ · 8 on rows the old Fisher had
+            assert torch.allclose(merged[name][-3:], value[-3:])  # rows new since: their own estimate
+        else:
+            assert torch.allclose(merged[name], value + 2.0)
+    assert any(float(value.abs().sum()) > 0 for value in fresh.values())
+
+
+# -- replay and replay + distillation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mix", [0.25, 0.75])
+def test_each_replay_batch_holds_round_mix_times_batch_size_buffer_cells(
+    tmp_path, data_and_split, mix: float
+) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "replay", {"kind": "replay", "buffer_size": 30, "mix": mix})
+    strategy = trainer.strategy
+    strategy.buffer = trainer.split.cells_of_stage(0)[:30]
+    ctx = trainer._context(1)
+    batches = strategy.epoch_batches(ctx, np.random.default_rng(0))
+    n_replay = round(mix * 16)
+    stages = trainer.split.cell_stages
+    assert all(len(rows) == 16 and (stages[rows] == 0).sum() == n_replay for rows in batches)
+    assert len(batches) == -(-len(ctx.cells_of_stage(1)) // 16)  # matched: fine-tuning's step count
+
+
+def test_replay_distill_uses_replay_batches_and_the_distillation_term(tmp_path, data_and_split) -> None:
+    entry = {"kind": "replay_distill", "buffer_size": 30, "mix": 0.25, "lam": 2.0}
+    trainer = _trainer(tmp_path, data_and_split, "replay_distill", entry)
+    ctx, teacher = _enter_stage_one(trainer)
+    strategy = trainer.strategy
+    stages = trainer.split.cell_stages
+    assert len(strategy.replay.buffer) == 30 and set(stages[strategy.replay.buffer]) == {0}
+    rows = strategy.epoch_batches(ctx, np.random.default_rng(0))[0]
+    assert (stages[rows] == 0).sum() == 4 and (stages[rows] == 1).sum() == 12
+    batch = trainer.builder.training_batch(rows, np.random.default_rng(0), 0.4)
+    trainer.model.eval()
+    output = ctx.forward(batch)
+    terms = strategy.loss_terms(ctx, batch, output)
+    with torch.no_grad():
+        expected = ctx.forward(teacher_view(batch, 0), teacher)
+    positions = (batch.gene_sets == 0) & batch.masked
+    assert set(terms) == {"distill"}
+    assert terms["distill"].item() == pytest.approx(2.0 * _masked_mse(output.mlm, expected.mlm, positions))
+    assert torch.equal(strategy.state_dict()["buffer"], torch.from_numpy(strategy.replay.buffer))
+
+
+# -- resume: every strategy with state --------------------------------------------------------------
+
+
+def _weights(trainer: StageTrainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+STATEFUL = {
+    "ewc": {"kind": "ewc", "lam": 50.0, "fisher_batches": 2},
+    "replay_distill": {"kind": "replay_distill", "buffer_size": 20, "mix": 0.25, "lam": 2.0},
+    "distill": {"kind": "distill", "lam": 2.0, "cls_weight": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_resume_from_stage_one_restores_the_strategy_state(tmp_path, data_and_split, name: str) -> None:
+    full = _trainer(tmp_path / "full", data_and_split, name, STATEFUL[name])
+    full.run()
+    partial = _trainer(tmp_path / "partial", data_and_split, name, STATEFUL[name])
+    partial.run()
+    stage_path(partial.run_dir, 2).unlink()  # as if killed during stage 2
+    resumed = _trainer(tmp_path / "partial", data_and_split, name, STATEFUL[name])
+    resumed.run()
+    assert _same(_weights(full), _weights(resumed))
+
+
+def test_fresh_retrains_over_existing_checkpoints_instead_of_loading_them(tmp_path, data_and_split) -> None:
+    entry = STATEFUL["ewc"]
+    clean = _trainer(tmp_path / "clean", data_and_split, "ewc", entry)
+    clean.run()
+    stale = _trainer(tmp_path / "stale", data_and_split, "ewc", entry)
+    stale.run()
+    for stage in range(3):  # same fingerprint, other weights: only --fresh can tell
+        path = stage_path(stale.run_dir, stage)
+        payload = load_checkpoint(path)
+        payload["model"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in payload["model"].items()}
+        save_checkpoint(path, payload)
+    rerun = _trainer(tmp_path / "stale", data_and_split, "ewc", entry)
+    records = rerun.run(fresh=True)
+    assert [record.stage for record in records] == [0, 1, 2]
+    assert _same(_weights(clean), _weights(rerun))
