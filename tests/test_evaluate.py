@@ -225,3 +225,27 @@ def test_the_document_is_the_mean_over_seeds_not_one_seed() -> None:
     assert early["delta_mean"] == pytest.approx((-0.75 + 1.0) / 2)  # seed 1: 0 → 1 from stage 0
     assert document["compute"]["optimizer_steps"] == [10, 30, 40]
     assert document["compute"]["optimizer_steps_incremental"] == 70
+
+
+def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) -> None:
+    """What the UI and ``gil leaderboard`` rank is exactly what ``metrics/<strategy>.json`` says."""
+    from _mlflow_helpers import isolated_mlflow
+
+    from gil.tracking.mlflow_tracker import MlflowTracker
+
+    config, data, split, out = trained
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with isolated_mlflow():
+        tracker = MlflowTracker(uri, "summaries")
+        document = evaluate_strategy(config, "finetune", data, split, out, tracker=tracker)
+        runs = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'parent'")
+    assert len(runs) == 2
+    for run in runs:
+        seed = document["per_seed"][run.data.tags["gil.seed"]]
+        expected = {name: seed["regression"][name] for name in ("delta", "forgetting", "bwt", "final_mse")}
+        expected |= {
+            "skill_new": seed["regression"]["skill_new"],
+            "probe_delta": seed["probe"]["delta"],
+            "optimizer_steps": seed["compute"]["optimizer_steps_incremental"],
+        }
+        assert {name: run.data.metrics[name] for name in expected} == pytest.approx(expected)

@@ -54,6 +54,8 @@ def test_better_strategy_ranks_first_with_mean_and_std(benchmark: TrackingConfig
     assert replay["forgetting_mean"] == pytest.approx(0.15)
     assert replay["forgetting_std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.1, 0.2
     assert replay["final_mse_mean"] == pytest.approx(1.5)
+    naive = table.iloc[1]  # its superseded seed-0 run (0.0, 0.0) must not count
+    assert naive["forgetting_mean"] == pytest.approx(0.6) and naive["final_mse_mean"] == pytest.approx(1.1)
     assert list(table.columns[3:7]) == [
         "forgetting_mean",
         "forgetting_std",
@@ -85,13 +87,18 @@ def test_run_leaderboard_writes_files_and_one_leaderboard_run(
     assert artifacts == {"leaderboard.md", "leaderboard.csv"}
 
 
-def test_ties_are_broken_by_final_mse(sqlite_uri: str) -> None:
+def test_ties_are_broken_by_final_mse_ascending_and_a_missing_metric_ranks_last(sqlite_uri: str) -> None:
     tracker = MlflowTracker(sqlite_uri, "ties")
+    record_run(tracker, "unscored", 0, {"final_mse": 0.5})  # no forgetting: last either way
     record_run(tracker, "a", 0, {"forgetting": 0.1, "final_mse": 2.0})
     record_run(tracker, "b", 0, {"forgetting": 0.1, "final_mse": 1.0})
+    record_run(tracker, "c", 0, {"forgetting": 0.3, "final_mse": 3.0})
     table = fetch_leaderboard(sqlite_uri, "ties")
-    assert list(table["strategy"]) == ["b", "a"]
+    assert list(table["strategy"]) == ["b", "a", "c", "unscored"]
+    assert list(table["rank"]) == [1, 2, 3, 4]
     assert table["forgetting_std"].isna().all()  # one seed: no spread to report
+    descending = fetch_leaderboard(sqlite_uri, "ties", descending=True)
+    assert list(descending["strategy"]) == ["c", "b", "a", "unscored"]  # the tiebreak stays ascending
 
 
 def test_clear_errors(sqlite_uri: str) -> None:
