@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-fast ui lint bench clean-runs
+.PHONY: install run test test-fast mutants ui lint bench clean-runs
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,13 @@ test: install  ## run the whole test suite, slow end-to-end tests included
 
 test-fast: install  ## skip the slow end-to-end tests
 	$(PY) -m pytest -m "not slow"
+
+mutants: install  ## mutation testing of evaluation, metrics, strategies, leaderboard, sweep selection (~1 h)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[mutants]"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(PY) benchmarks/mutants_report.py
 
 ui: install  ## open the MLflow UI on the local store (127.0.0.1)
 	gil ui

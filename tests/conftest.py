@@ -236,9 +236,8 @@ def _source_deps(pipeline: dict) -> set[str]:
 def dvc_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) -> tuple[Path, dict]:
     """A finished tiny benchmark (finetune and replay, one seed) built by real ``dvc repro``.
 
-    Shared by the pipeline and notebook tests to run the pipeline once; the pipeline tests change
-    it afterwards (a param change, push/pull), so tests that only read it must run first (the
-    notebook test module sorts before the pipeline test module).
+    Shared by the pipeline and notebook tests to run the pipeline once. Read-only: a test that
+    changes a project works on a copy (``own_project`` in ``test_pipeline.py``).
     """
     repo = tmp_path_factory.mktemp("project")
     return repo, build_tiny_project(repo, synthetic_h5ad)

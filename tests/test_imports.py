@@ -18,6 +18,7 @@ CORE = [
     "gil.metrics",
     "gil.report",
     "gil.sweep.space",
+    "gil.sweep.selection",
     "gil.tracking.base",
 ]
 

@@ -20,7 +20,21 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
 
 @pytest.fixture(scope="module")
 def project(dvc_project: tuple[Path, dict]) -> tuple[Path, dict]:
+    """The shared finished benchmark, for tests that only read it (or rerun it as a no-op)."""
     return dvc_project
+
+
+@pytest.fixture
+def own_project(dvc_project: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy of the finished benchmark for a test that changes it, so no state leaks
+    into other tests whatever their order. Its tracking store is its own (empty) one."""
+    repo, env = dvc_project
+    copy = tmp_path / "project"
+    shutil.copytree(repo, copy, symlinks=True, ignore=shutil.ignore_patterns("mlruns"))
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["tracking"]["uri"] = f"sqlite:///{copy}/mlruns/mlflow.db"
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return copy, {**env, "DVC_SITE_CACHE_DIR": str(copy / ".site-cache")}
 
 
 def test_repro_builds_every_output(project) -> None:
@@ -44,8 +58,8 @@ def test_second_repro_does_nothing_and_metrics_show_lists_strategies(project) ->
     assert "metrics/finetune.json" in shown and "metrics/replay.json" in shown
 
 
-def test_changing_one_strategy_reruns_only_that_strategy(project) -> None:
-    repo, env = project
+def test_changing_one_strategy_reruns_only_that_strategy(own_project) -> None:
+    repo, env = own_project
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["strategies"]["replay"]["buffer_size"] = 10
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -54,8 +68,8 @@ def test_changing_one_strategy_reruns_only_that_strategy(project) -> None:
     assert ran == {"train@replay", "evaluate@replay", "report", "leaderboard"}
 
 
-def test_editing_a_gene_list_reruns_the_split(project) -> None:
-    repo, env = project
+def test_editing_a_gene_list_reruns_the_split(own_project) -> None:
+    repo, env = own_project
     (repo / "gene_lists" / "stages.yaml").write_text("T1: [gene0001]\n")
     status = _run([sys.executable, "-m", "dvc", "status", "split"], repo, env)
     assert "split:" in status and "modified:" in status and "gene_lists" in status
@@ -63,8 +77,8 @@ def test_editing_a_gene_list_reruns_the_split(project) -> None:
     assert "up to date" in _run([sys.executable, "-m", "dvc", "status", "split"], repo, env)
 
 
-def test_push_and_pull_round_trip(project) -> None:
-    repo, env = project
+def test_push_and_pull_round_trip(own_project) -> None:
+    repo, env = own_project
     _run([sys.executable, "-m", "dvc", "push", "-q"], repo, env)
     split_file = repo / "data" / "split" / "gene_sets.json"
     original = split_file.read_bytes()

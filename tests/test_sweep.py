@@ -128,6 +128,83 @@ def test_objective_of_partial_results_matrices() -> None:
     assert Objective(kind="pareto").metrics == ["forgetting", "plasticity"]
 
 
+def _record(trial_id: str, score: float, forgetting: float, plasticity: float, **state: object) -> dict:
+    record = {
+        "trial_id": trial_id,
+        "params": {"train.lr": score / 1000},
+        "metrics": {"score": score, "forgetting": forgetting, "plasticity": plasticity, "stage": 2.0},
+        "status": "FINISHED",
+        "stopped_early": False,
+        "complete": True,
+        "mlflow_run_id": None,
+    }
+    return record | state
+
+
+# (score, forgetting, plasticity): "a" dominates "b"; "c" and "d" trade one metric for the other;
+# "stopped" and "failed" would win on score but are not complete.
+TRIALS = [
+    _record("a", 3.0, 0.1, 1.0),
+    _record("b", 1.5, 0.2, 1.1),
+    _record("c", 2.0, 0.05, 2.0),
+    _record("d", 4.0, 0.3, 0.5),
+    _record("stopped", 0.5, 0.0, 0.1, complete=False, stopped_early=True),
+    _record("failed", 0.1, 0.0, 0.1, status="FAILED", complete=False),
+]
+
+
+def test_the_best_trial_is_the_complete_one_with_the_lowest_score(tiny_params: dict, tmp_path: Path) -> None:
+    from gil.sweep.selection import summarize_sweep
+
+    sweep = load_sweep_config(_config(tiny_params, tmp_path))
+    summary = summarize_sweep("replay", sweep, "replay-1", tmp_path, list(reversed(TRIALS)), False, "run1")
+    assert summary["best"]["trial_id"] == "b" and summary["pareto"] is None
+    assert (summary["n_trials"], summary["n_complete"], summary["n_stopped_early"], summary["n_failed"]) == (
+        6,
+        4,
+        1,
+        1,
+    )
+    assert [t["trial_id"] for t in summary["trials"]] == ["a", "b", "c", "d", "failed", "stopped"]
+    assert summary["mlflow_parent_run_id"] == "run1"
+
+
+def test_the_pareto_set_is_every_non_dominated_complete_trial(tiny_params: dict, tmp_path: Path) -> None:
+    from gil.sweep.selection import pareto_front, summarize_sweep
+
+    assert [r["trial_id"] for r in pareto_front(TRIALS[:4], ["forgetting", "plasticity"])] == ["a", "c", "d"]
+    tie = [_record("x", 1.0, 0.1, 1.0), _record("y", 2.0, 0.1, 1.0)]  # equal: neither dominates
+    assert len(pareto_front(tie, ["forgetting", "plasticity"])) == 2
+    sweep = load_sweep_config(_config(tiny_params, tmp_path, objective={"kind": "pareto"}))
+    summary = summarize_sweep("replay", sweep, "replay-1", tmp_path, TRIALS, False, None)
+    assert [r["trial_id"] for r in summary["pareto"]] == ["a", "c", "d"]
+    assert summary["best"]["trial_id"] == "c"  # the Pareto point with the lowest score, not "b"
+
+
+def test_optuna_learns_pruned_for_a_trial_stopped_before_its_last_stage(
+    tiny_params: dict, tmp_path: Path
+) -> None:
+    import optuna
+
+    from gil.sweep.runner import _tune_config
+
+    sweep = load_sweep_config(_config(tiny_params, tmp_path))
+    tune_config = _tune_config(sweep, {"train.lr": sweep.spaces["replay"]["train.lr"]}, N_STAGES, 4, 2, None)
+    assert tune_config.scheduler._mode == "min" and tune_config.scheduler._metric == "score"
+    searcher = tune_config.search_alg.searcher
+    assert (searcher.metric, searcher.mode) == ("score", "min")
+    for trial_id, stage, score in (("early", 1.0, 0.1), ("full", 2.0, 0.7), ("better", 2.0, 0.3)):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, {"stage": stage, "score": score, "training_iteration": 1})
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.COMPLETE,
+    ]
+    assert searcher._ot_study.best_value == pytest.approx(0.3)  # minimised
+
+
 PARAMS_YAML = """\
 # top comment
 dataset:
@@ -169,7 +246,7 @@ def test_a_trial_whose_last_checkpoint_is_not_registered_is_not_complete(tmp_pat
     trial repeats the stage on resume: it must not be counted (or picked as best) as complete."""
     from ray import tune
 
-    from gil.sweep.runner import _trial_records
+    from gil.sweep.selection import trial_records
 
     def result(name: str, reported: float, checkpointed: float) -> tune.Result:
         checkpoint = tune.Checkpoint.from_directory(str(tmp_path))
@@ -182,7 +259,7 @@ def test_a_trial_whose_last_checkpoint_is_not_registered_is_not_complete(tmp_pat
         )
 
     results = [result("saved", N_STAGES, N_STAGES), result("unsaved", N_STAGES, N_STAGES - 1)]
-    records = {r["trial_id"]: r for r in _trial_records(results, N_STAGES, interrupted=True, child_runs={})}
+    records = {r["trial_id"]: r for r in trial_records(results, N_STAGES, interrupted=True, child_runs={})}
     assert (records["saved"]["complete"], records["saved"]["status"]) == (True, "FINISHED")
     assert (records["unsaved"]["complete"], records["unsaved"]["status"]) == (False, "KILLED")
 
@@ -260,22 +337,45 @@ def _assert_one_child_per_trial(config: Config, summary: dict) -> tuple[object, 
     return client, parent, children
 
 
+def _kill_a_trial_after_stage_one(storage: Path) -> tuple[threading.Thread, list[int]]:
+    """SIGKILL one Ray trial worker once some trial has reported stage 1 (a crash from outside:
+    the production code has no fault hook). Returns the watcher and the list of killed PIDs."""
+    killed: list[int] = []
+
+    def workers() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            if any('"stage": 1.0' in p.read_text() for p in storage.glob("*/*/result.json")):
+                for pid in workers()[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed
+
+
 @pytest.mark.slow
 def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
-    local_ray: None,
-    dirs: tuple[Path, Path],
-    tiny_params: dict,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path
 ) -> None:
-    from gil.sweep.runner import FAIL_ONCE_ENV
-
-    marker = tmp_path / "failed-once"
-    monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
+    watcher, killed = _kill_a_trial_after_stage_one(tmp_path / "ray_results")
     config = _config(tiny_params, tmp_path)
     summary = _sweep(config, dirs, tmp_path)
+    watcher.join()
 
-    assert marker.exists()  # one trial crashed after stage 1 ...
+    assert len(killed) == 1  # one trial's worker was killed after stage 1 ...
     assert (
         summary["n_trials"] == 4 and summary["n_failed"] == 0 and not summary["interrupted"]
     )  # ... and recovered
@@ -365,15 +465,22 @@ def _port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _bound_address(address_file: Path) -> str | None:
+    """The head's ``HOST:PORT`` once it has written it and listens there."""
+    text = address_file.read_text().strip() if address_file.exists() else ""
+    return text if text and _port_open(int(text.rsplit(":", 1)[1])) else None
+
+
 @pytest.mark.slow
 def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path) -> None:
-    """A head started with ``ray start`` (own temp dir, loopback), joined by address, stopped by PID."""
+    """A head started with ``ray start`` (own temp dir, loopback), joined by address, stopped by PID.
+
+    ``--port 0`` lets Ray bind a free port itself (no pick-then-bind race); the head writes the
+    address it bound into its temp dir (``ray_current_cluster``).
+    """
     import ray
 
     ray.shutdown()  # leave the module's local session: this test joins a cluster
-    from gil.tracking.server import free_port
-
-    port = free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     temp_dir = tempfile.mkdtemp(prefix="gil-ray-", dir="/tmp")  # Unix socket paths: at most 107 bytes
     log = (tmp_path / "ray-head.log").open("wb")
@@ -383,7 +490,7 @@ def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_
             "start",
             "--head",
             "--port",
-            str(port),
+            "0",
             "--temp-dir",
             temp_dir,
             "--node-ip-address",
@@ -398,15 +505,16 @@ def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    address_file = Path(temp_dir) / "ray_current_cluster"
     try:
         deadline = time.monotonic() + 60
-        while not _port_open(port):  # the head is starting
+        while (address := _bound_address(address_file)) is None:
             assert head.poll() is None and time.monotonic() < deadline, (
                 tmp_path / "ray-head.log"
             ).read_text()
             time.sleep(0.5)
         config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
-        summary = _sweep(config, dirs, tmp_path, address=f"127.0.0.1:{port}")
+        summary = _sweep(config, dirs, tmp_path, address=address)
         assert summary["n_complete"] == 2 and math.isfinite(summary["best"]["metrics"]["score"])
         assert not ray.is_initialized()  # run_sweep left the cluster
     finally:

@@ -1,13 +1,11 @@
 """Distributed hyperparameter sweeps: Ray Tune runs trials, Optuna's TPE proposes them, ASHA stops bad ones.
 
-One trial trains the strategy through every stage with sampled hyperparameters (training seed
-``train.seeds[0]``) and scores the model right after each stage on the evaluation cells, so row ``s``
-of the results matrix is known after stage ``s``. The trial reports the objective of the partial
-matrix after every stage (``training_iteration = stage + 1``), with a Ray checkpoint holding the
-stage checkpoint and the rows so far: a crashed trial is retried from its last finished stage, and
-an interrupted sweep resumed with ``Tuner.restore`` repeats no stage whose checkpoint Ray had
-registered (only a stage interrupted between its report and that registration runs again; such a
-trial is not counted complete in the interrupted sweep's summary).
+The driver: starts or joins Ray, sets up the search (Optuna's TPE in Ray Tune, ASHA on the stage
+index), opens the sweep's MLflow parent run and writes the report. A trial is
+:mod:`gil.sweep.trial`; what the sweep found (records, best trial, Pareto set) is
+:mod:`gil.sweep.selection`. An interrupted sweep resumed with ``Tuner.restore`` repeats no stage
+whose checkpoint Ray had registered (only a stage interrupted between its report and that
+registration runs again; such a trial is not counted complete in the interrupted sweep's summary).
 
 Decisions (why):
 
@@ -35,11 +33,7 @@ Decisions (why):
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -55,180 +49,16 @@ from ray.tune.search.optuna import OptunaSearch
 from gil.config import Config, flatten
 from gil.data.layout import ProcessedData, Split
 from gil.errors import GilError
+from gil.sweep.selection import summarize_sweep, trial_records
 from gil.sweep.space import (
     Distribution,
-    Objective,
     SweepConfig,
-    apply_params,
     load_sweep_config,
     optuna_space,
     strategy_space,
     write_params_file,
 )
-from gil.tracking.base import NullTracker
-
-FAIL_ONCE_ENV = "GIL_SWEEP_TEST_FAIL_ONCE"
-"""Tests only: a path; the first trial to finish stage 1 creates it and raises (to test retries)."""
-
-_ROWS_FILE = "rows.json"
-_KEPT_METRICS = (
-    "stage",
-    "score",
-    "forgetting",
-    "final_mse",
-    "plasticity",
-    "delta",
-    "bwt",
-    "base_delta",
-    "time_total_s",
-)  # the last is Ray's: seconds the trial has run
-_KEPT_PREFIXES = ("mse_", "train_")
-
-
-# --- the trial (runs in a Ray worker) ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Tracking:
-    """Where trials log: the tracking URI they can reach and the sweep's parent run."""
-
-    uri: str
-    experiment_id: str
-    parent_run_id: str
-
-
-@dataclass(frozen=True)
-class _TrialSetup:
-    """Everything a trial needs besides the data (sent once through Ray's object store)."""
-
-    config: Config
-    strategy: str
-    objective: Objective
-    tracking: _Tracking | None
-    threads: int
-    fail_once_marker: str | None
-
-
-class _LastEpoch(NullTracker):
-    """Keeps the trainer's latest epoch losses and stage timings (reported with each stage)."""
-
-    def __init__(self) -> None:
-        self.latest: dict[str, float] = {}
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.latest.update({f"train_{name}": float(value) for name, value in metrics.items()})
-
-
-def _restore_rows(run_dir: Path) -> list[list[float]]:
-    """Resume a retried or resumed trial from its Ray checkpoint: stage checkpoint and rows so far."""
-    from gil.train.checkpoint import stage_path
-
-    checkpoint = tune.get_checkpoint()
-    run_dir.mkdir(parents=True)
-    if checkpoint is None:
-        return []
-    with checkpoint.as_directory() as directory:
-        rows = json.loads((Path(directory) / _ROWS_FILE).read_text())
-        stage_file = stage_path(run_dir, len(rows) - 1)
-        shutil.copy2(Path(directory) / stage_file.name, stage_file)
-    return rows
-
-
-def _fail_once(marker: str | None) -> None:
-    """Raise in the first trial that gets here (test hook; ``O_EXCL`` makes it exactly one)."""
-    if marker is None:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    raise RuntimeError(f"injected trial failure ({FAIL_ONCE_ENV}={marker})")
-
-
-def _train_and_report(
-    params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split, scratch: Path, run: Any
-) -> None:
-    from gil.model import GeneTransformer
-    from gil.scoring import EvaluationInputs
-    from gil.train.checkpoint import stage_path
-    from gil.train.loop import StageTrainer
-
-    config = apply_params(setup.config, params)
-    run_dir = scratch / "run"
-    rows = _restore_rows(run_dir)
-    last_epoch = _LastEpoch()
-    trainer = StageTrainer(
-        config,
-        setup.strategy,
-        config.train.seeds[0],
-        data,
-        split,
-        run_dir,
-        tracker=last_epoch,
-        progress=False,
-    )
-    evaluation = EvaluationInputs(config, data, split)
-
-    def report_stage(stage: int, model: GeneTransformer) -> None:
-        row = evaluation.regression(model, stage)
-        rows.append(row.mse)
-        metrics = {
-            "stage": float(stage),
-            **setup.objective.stage_metrics(rows),
-            **last_epoch.latest,
-            "mse_seen": row.seen_mse,
-        }
-        # row.mse covers the gene sets learned so far (0..stage), set_names all of them
-        metrics |= {f"mse_{name}": value for name, value in zip(split.set_names, row.mse, strict=False)}
-        metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
-        if run is not None:
-            run.log_stage(stage, metrics)
-        snapshot = scratch / f"report_{stage}"
-        snapshot.mkdir()
-        shutil.copy2(stage_path(run_dir, stage), snapshot)
-        (snapshot / _ROWS_FILE).write_text(json.dumps(rows))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(snapshot))
-        shutil.rmtree(snapshot)
-        if stage == 1:
-            _fail_once(setup.fail_once_marker)
-
-    trainer.run(fresh=False, on_stage_end=report_stage)
-
-
-def _trial(params: dict[str, Any], setup: _TrialSetup, data: ProcessedData, split: Split) -> None:
-    """One trial: train every stage with ``params`` applied, report after each stage.
-
-    The MLflow child run is closed FAILED on an exception (Ray may retry the trial, which reopens
-    it). A trial stopped by the scheduler exits through ``SystemExit`` inside ``tune.report`` or is
-    killed; the driver sets those runs' final status.
-    """
-    import torch
-
-    torch.set_num_threads(setup.threads)
-    run = None
-    if setup.tracking is not None:
-        from gil.tracking.sweep_runs import TrialRun
-
-        context = tune.get_context()
-        tracking = setup.tracking
-        run = TrialRun.open(
-            tracking.uri,
-            tracking.experiment_id,
-            tracking.parent_run_id,
-            context.get_trial_id(),
-            context.get_trial_name(),
-            params,
-        )
-    try:
-        with tempfile.TemporaryDirectory(prefix="gil-trial-") as scratch:
-            _train_and_report(params, setup, data, split, Path(scratch), run)
-    except Exception:
-        if run is not None:
-            run.end("FAILED")
-        raise
-    if run is not None:
-        run.end("FINISHED")
-
+from gil.sweep.trial import TrialSetup, TrialTracking, run_trial
 
 # --- search ---------------------------------------------------------------------------------------
 
@@ -342,7 +172,7 @@ def _gpus_per_trial(requested: float | None, max_concurrent: int) -> float:
 class _SweepTracking:
     """The sweep's MLflow side, as seen by the driver."""
 
-    trials: _Tracking
+    trials: TrialTracking
     parent: Any  # gil.tracking.sweep_runs.SweepParentRun (mlflow is imported lazily)
 
 
@@ -384,7 +214,7 @@ def _sweep_tracking(
     try:
         parent = SweepParentRun.open(uri, experiment_id, sweep_name, strategy, params)
         try:
-            yield _SweepTracking(_Tracking(uri, experiment_id, parent.run_id), parent)
+            yield _SweepTracking(TrialTracking(uri, experiment_id, parent.run_id), parent)
         except BaseException as error:
             parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
@@ -404,56 +234,6 @@ def _experiment_name(storage: Path, strategy: str, resume: bool) -> str:
     if not candidates:
         raise GilError(f"no sweep of {strategy!r} to resume under {storage}; run without --resume")
     return candidates[-1].name
-
-
-def _checkpointed_stage(result: tune.Result) -> float | None:
-    """The last stage whose Ray checkpoint the driver registered (what a resumed trial restarts from).
-
-    A trial reports a stage and its checkpoint together, but the driver writes the result first and
-    registers the checkpoint a moment later: a sweep interrupted in between has the final stage's
-    metrics but will repeat that stage on ``--resume``, so it is not complete yet.
-    """
-    stages = [metrics.get("stage") for _, metrics in result.best_checkpoints or []]
-    return max((stage for stage in stages if stage is not None), default=None)
-
-
-def _trial_records(
-    results: tune.ResultGrid, n_stages: int, interrupted: bool, child_runs: dict[str, str]
-) -> list[dict[str, Any]]:
-    """One record per trial: sampled params, last reported metrics, final status."""
-    records = []
-    for result in results:
-        metrics = result.metrics or {}
-        complete = metrics.get("stage") == n_stages and _checkpointed_stage(result) == n_stages
-        if result.error is not None:
-            status = "FAILED"
-        else:
-            status = "FINISHED" if complete or not interrupted else "KILLED"
-        trial_id = metrics.get("trial_id") or Path(result.path).name
-        records.append(
-            {
-                "trial_id": trial_id,
-                "params": dict(result.config or {}),
-                "metrics": {
-                    k: v for k, v in metrics.items() if k.startswith(_KEPT_PREFIXES) or k in _KEPT_METRICS
-                },
-                "status": status,
-                "stopped_early": status == "FINISHED" and not complete,
-                "complete": complete,
-                "mlflow_run_id": child_runs.get(trial_id),
-            }
-        )
-    return records
-
-
-def _pareto(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
-    """The complete trials that no other complete trial beats on every metric (all minimised)."""
-
-    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        worse_nowhere = all(a["metrics"][m] <= b["metrics"][m] for m in metrics)
-        return worse_nowhere and any(a["metrics"][m] < b["metrics"][m] for m in metrics)
-
-    return [r for r in records if not any(dominates(other, r) for other in records if other is not r)]
 
 
 def run_sweep(
@@ -503,7 +283,6 @@ def run_sweep(
         **flatten({"objective": sweep.objective.model_dump()}),
         **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()},
     }
-    marker = os.environ.get(FAIL_ONCE_ENV)
     with (
         _ray_session(address),
         _sweep_tracking(config, strategy, sweep_name, parent_params, max_concurrent) as tracking,
@@ -514,16 +293,11 @@ def run_sweep(
                 sweep.gpus_per_trial if gpus_per_trial is None else gpus_per_trial, max_concurrent
             ),
         }
-        setup = _TrialSetup(
-            config,
-            strategy,
-            sweep.objective,
-            tracking.trials if tracking else None,
-            max(1, round(cpus)),
-            marker,
+        setup = TrialSetup(
+            config, strategy, sweep.objective, tracking.trials if tracking else None, max(1, round(cpus))
         )
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, setup=setup, data=data, split=split), resources
+            tune.with_parameters(run_trial, setup=setup, data=data, split=split), resources
         )
         experiment_path = storage / sweep_name
         if resume:
@@ -548,8 +322,16 @@ def run_sweep(
             from gil.tracking.sweep_runs import TAG_TRIAL_ID
 
             child_runs = {run.data.tags[TAG_TRIAL_ID]: run.info.run_id for run in tracking.parent.children()}
-        records = _trial_records(results, n_stages, interrupted, child_runs)
-        summary = _summary(strategy, sweep, sweep_name, experiment_path, records, interrupted, tracking)
+        records = trial_records(results, n_stages, interrupted, child_runs)
+        summary = summarize_sweep(
+            strategy,
+            sweep,
+            sweep_name,
+            experiment_path,
+            records,
+            interrupted,
+            tracking.parent.run_id if tracking else None,
+        )
         if tracking is not None:
             _finish_tracking(tracking, records, summary, Path(report_dir) / f"{strategy}.json")
         elif not interrupted:
@@ -557,37 +339,6 @@ def run_sweep(
     if write_best_params and summary["best"] is not None and not interrupted:
         write_params_file(Path(params_path), summary["best"]["params"])
     return summary
-
-
-def _summary(
-    strategy: str,
-    sweep: SweepConfig,
-    sweep_name: str,
-    experiment_path: Path,
-    records: list[dict[str, Any]],
-    interrupted: bool,
-    tracking: _SweepTracking | None,
-) -> dict[str, Any]:
-    complete = [r for r in records if r["complete"] and r["status"] == "FINISHED"]
-    objective = sweep.objective
-    pareto = _pareto(complete, objective.metrics) if objective.kind == "pareto" else None
-    candidates = pareto if pareto is not None else complete
-    best = min(candidates, key=lambda r: r["metrics"]["score"]) if candidates else None
-    return {
-        "strategy": strategy,
-        "sweep_name": sweep_name,
-        "experiment_path": str(experiment_path),
-        "objective": objective.model_dump(),
-        "interrupted": interrupted,
-        "n_trials": len(records),
-        "n_complete": len(complete),
-        "n_stopped_early": sum(r["stopped_early"] for r in records),
-        "n_failed": sum(r["status"] == "FAILED" for r in records),
-        "best": best,
-        "pareto": pareto,
-        "trials": sorted(records, key=lambda r: r["trial_id"]),
-        "mlflow_parent_run_id": tracking.parent.run_id if tracking else None,
-    }
 
 
 def _finish_tracking(
