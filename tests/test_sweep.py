@@ -153,6 +153,52 @@ TRIALS = [
 ]
 
 
+def test_trial_records_from_ray_results(tmp_path: Path) -> None:
+    """Status, completeness, kept metrics and MLflow ids of each trial, from real ``tune.Result``s."""
+    from ray import tune
+
+    from gil.sweep.selection import trial_records
+
+    checkpoint = tune.Checkpoint.from_directory(str(tmp_path))
+    metrics = {"stage": 2.0, "score": 0.5, "mse_B": 0.2, "train_loss": 0.3, "config": {"train.lr": 0.001}}
+    metrics["pid"] = 7  # Ray's own keys (pid, config, ...) are not kept
+
+    def result(name: str, stage: float, error: Exception | None = None, saved: bool = True, **extra):
+        return tune.Result(
+            metrics={**metrics, "stage": stage, **extra},
+            checkpoint=checkpoint if saved else None,
+            error=error,
+            path=str(tmp_path / name),
+            best_checkpoints=[(checkpoint, {"stage": stage})] if saved else [],
+        )
+
+    results = [
+        result("trial_done", 2.0, trial_id="done"),
+        result("trial_stopped", 1.0, trial_id="stopped"),
+        result("trial_crashed", 1.0, error=RuntimeError("x"), trial_id="crashed"),
+        result("unnamed", 2.0, saved=False),  # no trial_id reported, no checkpoint registered
+    ]
+    records = trial_records(results, 2, interrupted=False, child_runs={"done": "run-1"})
+    by_id = {r["trial_id"]: r for r in records}
+    assert list(by_id) == ["done", "stopped", "crashed", "unnamed"]
+    done = by_id["done"]
+    assert done == {
+        "trial_id": "done",
+        "params": {"train.lr": 0.001},
+        "metrics": {"stage": 2.0, "score": 0.5, "mse_B": 0.2, "train_loss": 0.3},
+        "status": "FINISHED",
+        "stopped_early": False,
+        "complete": True,
+        "mlflow_run_id": "run-1",
+    }
+    assert (by_id["stopped"]["status"], by_id["stopped"]["stopped_early"]) == ("FINISHED", True)
+    crashed = by_id["crashed"]
+    assert (crashed["status"], crashed["stopped_early"], crashed["complete"]) == ("FAILED", False, False)
+    assert by_id["unnamed"]["complete"] is False and by_id["unnamed"]["mlflow_run_id"] is None
+    interrupted = trial_records(results, 2, interrupted=True, child_runs={})
+    assert [r["status"] for r in interrupted] == ["FINISHED", "KILLED", "FAILED", "KILLED"]
+
+
 def test_the_best_trial_is_the_complete_one_with_the_lowest_score(tiny_params: dict, tmp_path: Path) -> None:
     from gil.sweep.selection import summarize_sweep
 
@@ -167,12 +213,25 @@ def test_the_best_trial_is_the_complete_one_with_the_lowest_score(tiny_params: d
     )
     assert [t["trial_id"] for t in summary["trials"]] == ["a", "b", "c", "d", "failed", "stopped"]
     assert summary["mlflow_parent_run_id"] == "run1"
+    assert {k: summary[k] for k in ("strategy", "sweep_name", "experiment_path", "interrupted")} == {
+        "strategy": "replay",
+        "sweep_name": "replay-1",
+        "experiment_path": str(tmp_path),
+        "interrupted": False,
+    }
+    assert summary["objective"] == sweep.objective.model_dump()
+    nothing = summarize_sweep("replay", sweep, "replay-1", tmp_path, TRIALS[4:], True, None)
+    assert nothing["best"] is None and nothing["n_complete"] == 0 and nothing["interrupted"] is True
 
 
 def test_the_pareto_set_is_every_non_dominated_complete_trial(tiny_params: dict, tmp_path: Path) -> None:
     from gil.sweep.selection import pareto_front, summarize_sweep
 
     assert [r["trial_id"] for r in pareto_front(TRIALS[:4], ["forgetting", "plasticity"])] == ["a", "c", "d"]
+    weakly_beaten = _record("e", 1.0, 0.1, 1.2)  # "a" is as good on forgetting, better on plasticity
+    assert "e" not in [
+        r["trial_id"] for r in pareto_front([*TRIALS[:4], weakly_beaten], ["forgetting", "plasticity"])
+    ]
     tie = [_record("x", 1.0, 0.1, 1.0), _record("y", 2.0, 0.1, 1.0)]  # equal: neither dominates
     assert len(pareto_front(tie, ["forgetting", "plasticity"])) == 2
     sweep = load_sweep_config(_config(tiny_params, tmp_path, objective={"kind": "pareto"}))

@@ -1,0 +1,234 @@
+"""Re-inject the plausible bugs of issue 17 one at a time and check that a fast test fails for each.
+
+Run: ``.venv/bin/python benchmarks/reinject_bugs.py [NAME ...]``. For every bug a scratch copy of
+``src/`` gets one textual edit; the fast tests of the files that should catch it run against that
+copy (``PYTHONPATH`` puts it first, fixed order, stop at the first failure). Prints one line per bug:
+``caught`` with the first failing test, or ``SURVIVED``; exits 1 if any bug survived or an edit no
+longer applies (the code moved: update the edit here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    path: str  # under src/gil/
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+BUGS = [
+    Bug(
+        "evaluate: every row of R from the final checkpoint",
+        "evaluate.py",
+        'stage_path(self.checkpoints / f"seed_{seed}", stage), expected)',
+        'stage_path(self.checkpoints / f"seed_{seed}", n_sets - 1), expected)',
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "evaluate: seed 0's matrix instead of the mean over seeds",
+        "evaluate.py",
+        "regression[key], std = _mean_and_std(stack)",
+        "regression[key], std = stack[0], _mean_and_std(stack)[1]",
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "evaluate: probe Δ sign flipped",
+        "evaluate.py",
+        "paired_delta(results[-1].correct, results[task.learned_at].correct)",
+        "paired_delta(results[task.learned_at].correct, results[-1].correct)",
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "evaluate: learned_at taken as 0",
+        "evaluate.py",
+        "paired_delta(results[-1].correct, results[task.learned_at].correct)",
+        "paired_delta(results[-1].correct, results[0].correct)",
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "evaluate: MLflow probe_delta holds the standard error",
+        "evaluate.py",
+        'metrics["probe_delta"] = seed_summary["probe"]["delta"]',
+        'metrics["probe_delta"] = seed_summary["probe"]["delta_se"]',
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "probes: C chosen on the test cells",
+        "metrics/probes.py",
+        "_best_c_predictions(x_train, targets[train], x_val, targets[val], x_test, c_grid, seed)",
+        "_best_c_predictions(x_train, targets[train], x_test, targets[test], x_test, c_grid, seed)",
+        ("test_probes.py",),
+    ),
+    Bug(
+        "distill: term sign flipped",
+        "strategies/distill.py",
+        'terms = {"distill": self.params.lam * distillation_loss(',
+        'terms = {"distill": -self.params.lam * distillation_loss(',
+        ("test_strategy_terms.py", "test_strategies.py"),
+    ),
+    Bug(
+        "distill: cls term weighted by lam",
+        "strategies/distill.py",
+        'terms["distill_cls"] = self.params.cls_weight * ',
+        'terms["distill_cls"] = self.params.lam * ',
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "ewc: penalty sign flipped",
+        "strategies/ewc.py",
+        'return {"ewc": self.params.lam * ewc_penalty(',
+        'return {"ewc": -self.params.lam * ewc_penalty(',
+        ("test_strategy_terms.py", "test_strategies.py"),
+    ),
+    Bug(
+        "ewc: γ merge swapped",
+        "strategies/ewc.py",
+        "value = value + self.params.gamma * old",
+        "value = self.params.gamma * value + old",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "ewc: Fisher as mean absolute gradient",
+        "strategies/functional.py",
+        "sums[name] += param.grad.detach() ** 2",
+        "sums[name] += param.grad.detach().abs()",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "ewc: state not restored on resume",
+        "strategies/ewc.py",
+        '        self.fisher = dict(state["fisher"])\n        self.anchor = dict(state["anchor"])',
+        "        self.fisher, self.anchor = {}, {}",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "replay_distill: no distillation term",
+        "strategies/replay_distill.py",
+        "return self.distill.loss_terms(ctx, batch, output)",
+        "return {}",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "replay_distill: buffer not restored on resume",
+        "strategies/replay_distill.py",
+        "        self.replay.load_state_dict(state)",
+        "        del state",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "replay: 1 − mix of each batch from the buffer",
+        "strategies/replay.py",
+        "n_replay = max(1, round(self.params.mix * ctx.batch_size))",
+        "n_replay = max(1, round((1 - self.params.mix) * ctx.batch_size))",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "train: --fresh ignored",
+        "train/loop.py",
+        "        if fresh:\n            for stage in completed_stages",
+        "        if False:\n            for stage in completed_stages",
+        ("test_strategy_terms.py",),
+    ),
+    Bug(
+        "leaderboard: superseded runs counted",
+        "tracking/leaderboard.py",
+        "and tags.`{TAG_SUPERSEDED}` = 'false' ",
+        "",
+        ("test_leaderboard.py",),
+    ),
+    Bug(
+        "leaderboard: a missing metric ranks first",
+        "tracking/leaderboard.py",
+        'na_position="last"',
+        'na_position="first"',
+        ("test_leaderboard.py",),
+    ),
+    Bug(
+        "leaderboard: tie-break follows descending",
+        "tracking/leaderboard.py",
+        "ascending=[not descending, True][: len(ranking)]",
+        "ascending=[not descending, not descending][: len(ranking)]",
+        ("test_leaderboard.py",),
+    ),
+    Bug(
+        "sweep: the Pareto set is only the best point",
+        "sweep/selection.py",
+        "return [r for r in records if not any(dominates(other, r) for other in records if other is not r)]",
+        'return [min(records, key=lambda r: r["metrics"]["score"])] if records else []',
+        ("test_sweep.py",),
+    ),
+    Bug(
+        "sweep: best trial with the highest score",
+        "sweep/selection.py",
+        'best = min(candidates, key=lambda r: r["metrics"]["score"])',
+        'best = max(candidates, key=lambda r: r["metrics"]["score"])',
+        ("test_sweep.py",),
+    ),
+    Bug(
+        "sweep: stopped trials told to Optuna as complete",
+        "sweep/runner.py",
+        "            result = None  # OptunaSearch records",
+        "            pass  # OptunaSearch records",
+        ("test_sweep.py",),
+    ),
+    Bug(
+        "sweep: Optuna maximises",
+        "sweep/runner.py",
+        'mode="min" if len(metrics) == 1 else ["min"] * len(metrics),',
+        'mode="max" if len(metrics) == 1 else ["max"] * len(metrics),',
+        ("test_sweep.py",),
+    ),
+]
+
+
+def run_one(bug: Bug, scratch: Path) -> tuple[str, float]:
+    """Apply ``bug`` to a fresh copy of src/ in ``scratch`` and run its tests; the verdict line."""
+    source = scratch / "src"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(ROOT / "src", source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    target = source / "gil" / bug.path
+    text = target.read_text()
+    if text.count(bug.old) != 1:
+        return f"EDIT DOES NOT APPLY ({text.count(bug.old)} matches)", 0.0
+    target.write_text(text.replace(bug.old, bug.new))
+    env = {**os.environ, "PYTHONPATH": str(source), "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
+    command += ["-m", "not slow", *(str(ROOT / "tests" / name) for name in bug.tests)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode == 0:
+        return "SURVIVED", seconds
+    failed = re.search(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
+    return f"caught by {failed.group(1) if failed else 'an error: ' + result.stdout[-300:]}", seconds
+
+
+def main() -> int:
+    chosen = [bug for bug in BUGS if not sys.argv[1:] or any(arg in bug.name for arg in sys.argv[1:])]
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="gil-bugs-") as tmp:
+        for bug in chosen:
+            verdict, seconds = run_one(bug, Path(tmp))
+            bad += not verdict.startswith("caught")
+            print(f"{bug.name:55s} {verdict} ({seconds:.0f} s)", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} bugs caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
