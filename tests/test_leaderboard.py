@@ -129,3 +129,39 @@ def test_learning_note_names_strategies_that_barely_learned_their_new_genes() ->
     )
     assert learning_note(table.drop(index=1)) == ""
     assert learning_note(table.drop(columns="skill_new_mean")) == ""
+
+
+def test_table_text_in_the_terminal_and_in_markdown() -> None:
+    from gil.tracking.leaderboard import format_table
+
+    table = pd.DataFrame(
+        {
+            "rank": [1, 2],
+            "strategy": ["replay", "finetune"],
+            "n_seeds": [3, 1],
+            "forgetting_mean": [0.123456, float("nan")],
+            "forgetting_std": [0.0312, float("nan")],
+            "final_mse_mean": [1.5, 2.0],
+            "final_mse_std": [0.25, float("nan")],
+        }
+    )
+    assert format_table(table) == (
+        "rank  strategy  seeds  forgetting      final_mse\n"
+        "1     replay    3      0.1235 ± 0.031  1.5 ± 0.25\n"
+        "2     finetune  1      —               2\n"
+    )
+    assert format_table(table, markdown=True) == (
+        "| rank | strategy | seeds | forgetting     | final_mse  |\n"
+        "| ---- | -------- | ----- | -------------- | ---------- |\n"
+        "| 1    | replay   | 3     | 0.1235 ± 0.031 | 1.5 ± 0.25 |\n"
+        "| 2    | finetune | 1     | —              | 2          |\n"
+    )
+
+
+def test_an_unreachable_server_is_named_before_any_work(tmp_path: Path) -> None:
+    from gil.tracking.server import free_port
+
+    config = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment="x")
+    with pytest.raises(GilError, match="unreachable"):
+        run_leaderboard(config, "x", "forgetting", tmp_path)
+    assert list(tmp_path.iterdir()) == []
