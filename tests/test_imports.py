@@ -41,3 +41,16 @@ def test_core_imports_neither_mlflow_nor_ray() -> None:
 def test_only_tracking_and_sweep_modules_import_them() -> None:
     assert "mlflow" in _loaded_after_import(["gil.tracking.mlflow_tracker"])
     assert "ray" in _loaded_after_import(["gil.sweep.runner"])
+
+
+def test_the_strategy_registry_does_not_import_the_config() -> None:
+    """``gil.config`` uses the registry to validate entries; the registry must not import it back."""
+    import ast
+    from pathlib import Path
+
+    import gil.strategies
+
+    tree = ast.parse(Path(gil.strategies.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "gil.strategies.base" in imported and "gil.config" not in imported

@@ -215,3 +215,9 @@ def test_mean_std_over_seeds() -> None:
     assert mean_std([None, 0.4]) == (0.4, 0.0)
     assert all(math.isnan(value) for value in mean_std([NAN]))
     assert all(math.isnan(value) for value in mean_std([]))
+
+
+def test_a_single_stage_probe_has_zero_delta_and_a_bad_oracle_matrix_is_named() -> None:
+    assert accuracy_delta([0.7], 0) == 0.0  # one stage: learned and last are the same
+    with pytest.raises(ValueError, match=r"^R_joint\[0\]\[1\] is 0.5: entries above the diagonal"):
+        intransigence(R2, [[0.5, 0.5, None], [0.4, 0.4, None], [0.3, 0.3, 0.3]])

@@ -2,6 +2,9 @@
 
 Adding a strategy means adding one module in this package that defines a subclass of
 :class:`gil.strategies.base.Strategy` with a unique ``kind``; the registry finds it.
+
+Dependencies point one way: :mod:`gil.config` validates its ``strategies:`` entries here, and this
+package reads an entry only through :class:`StrategySpec` (never importing the config).
 """
 
 from __future__ import annotations
@@ -10,15 +13,22 @@ import importlib
 import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
 from gil.errors import GilError
 
 if TYPE_CHECKING:
-    from gil.config import StrategyEntry
     from gil.strategies.base import Strategy
+
+
+class StrategySpec(Protocol):
+    """One ``strategies:`` entry as the registry reads it (``gil.config.StrategyEntry`` is one)."""
+
+    kind: str
+
+    def params(self) -> dict[str, Any]: ...
 
 
 def registry() -> dict[str, type[Strategy]]:
@@ -37,7 +47,7 @@ def registry() -> dict[str, type[Strategy]]:
     return found
 
 
-def validate_strategy_entries(entries: Mapping[str, StrategyEntry], source: Path) -> None:
+def validate_strategy_entries(entries: Mapping[str, StrategySpec], source: Path) -> None:
     """Check every entry's ``kind`` exists and its parameters fit that strategy's Params model."""
     known = registry()
     for name, entry in entries.items():
@@ -54,7 +64,7 @@ def validate_strategy_entries(entries: Mapping[str, StrategyEntry], source: Path
             raise GilError(f"{source}: strategies.{name}.{key}: {first['msg']}") from None
 
 
-def build_strategy(entry: StrategyEntry) -> Strategy:
+def build_strategy(entry: StrategySpec) -> Strategy:
     """Instantiate the strategy an entry names, with validated parameters."""
     cls = registry()[entry.kind]
     return cls(cls.Params.model_validate(entry.params()))
