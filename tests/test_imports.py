@@ -52,5 +52,7 @@ def test_the_strategy_registry_does_not_import_the_config() -> None:
 
     tree = ast.parse(Path(gil.strategies.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     assert "gil.strategies.base" in imported and "gil.config" not in imported
