@@ -7,6 +7,7 @@ show *how*: a sign-flipped term, a swapped merge or a dropped term changes a val
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from gil.data.batches import Batch
 from gil.model import GeneTransformer
 from gil.strategies.base import StageContext
 from gil.strategies.functional import ewc_penalty, fisher_diagonal, teacher_view
+from gil.strategies.replay import Replay
 from gil.train.checkpoint import load_checkpoint, save_checkpoint, stage_path
 from gil.train.loop import StageTrainer
 
@@ -89,7 +91,7 @@ def test_distill_term_is_lambda_times_mse_to_the_stage_zero_model_on_masked_base
     assert bool(base_masked.any()) and bool(((batch.gene_sets == 1) & batch.masked).any())
     assert set(terms) == {"distill", "distill_cls"}
     assert terms["distill"].item() == pytest.approx(2.5 * _masked_mse(output.mlm, expected.mlm, base_masked))
-    cls = float(((output.cell - expected.cell) ** 2).mean())
+    cls = float(((output.cell.detach() - expected.cell) ** 2).mean())
     assert terms["distill_cls"].item() == pytest.approx(0.5 * cls, rel=1e-5)
     assert terms["distill"].item() > 0 and cls > 0
 
@@ -142,28 +144,34 @@ def _mlm(model: GeneTransformer, batch: Batch) -> torch.Tensor:
 
 
 class _Tiny(torch.nn.Module):
-    """An embedding that can grow and a shared linear layer, like the transformer's two kinds of weights."""
+    """An embedding that can grow and a shared linear layer, like the transformer's two kinds of weights;
+    a scalar weight; and a head registered first that the anchor does not hold (never penalised)."""
 
     def __init__(self, rows: int):
         super().__init__()
+        self.head = torch.nn.Parameter(torch.zeros(3))
         self.embedding = torch.nn.Parameter(torch.zeros(rows, 2))
         self.linear = torch.nn.Linear(2, 1)
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
 
 
 def test_ewc_penalty_weighs_each_squared_move_by_its_fisher_and_frees_grown_rows() -> None:
     model = _Tiny(rows=3)
-    anchor = {name: param.detach().clone() for name, param in model.named_parameters()}
+    anchor = {name: param.detach().clone() for name, param in model.named_parameters() if name != "head"}
     fisher = {
         "embedding": torch.tensor([[1.0, 2.0], [0.0, 3.0]]),  # two rows were known at the anchor
         "linear.weight": torch.tensor([[4.0, 0.5]]),
         "linear.bias": torch.tensor([2.0]),
+        "scale": torch.tensor(10.0),
     }
     anchor["embedding"] = anchor["embedding"][:2]
     with torch.no_grad():
+        model.head += 50.0
         model.embedding += torch.tensor([[1.0, -1.0], [5.0, 2.0], [100.0, 100.0]])  # row 2 is new
         model.linear.weight += torch.tensor([[0.5, -2.0]])
         model.linear.bias -= 3.0
-    by_hand = (1 * 1 + 2 * 1 + 0 * 25 + 3 * 4) + (4 * 0.25 + 0.5 * 4) + 2 * 9
+        model.scale += 0.5
+    by_hand = (1 * 1 + 2 * 1 + 0 * 25 + 3 * 4) + (4 * 0.25 + 0.5 * 4) + 2 * 9 + 10 * 0.25
     assert ewc_penalty(model, fisher, anchor).item() == pytest.approx(0.5 * by_hand)
 
 
@@ -231,7 +239,7 @@ def test_online_ewc_merges_fisher_as_gamma_old_plus_new(tmp_path, data_and_split
 # -- replay and replay + distillation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mix", [0.25, 0.75])
+@pytest.mark.parametrize("mix", [0.05, 0.25, 0.75, 0.95])
 def test_each_replay_batch_holds_round_mix_times_batch_size_buffer_cells(
     tmp_path, data_and_split, mix: float
 ) -> None:
@@ -240,7 +248,7 @@ def test_each_replay_batch_holds_round_mix_times_batch_size_buffer_cells(
     strategy.buffer = trainer.split.cells_of_stage(0)[:30]
     ctx = trainer._context(1)
     batches = strategy.epoch_batches(ctx, np.random.default_rng(0))
-    n_replay = round(mix * 16)
+    n_replay = round(mix * 16)  # 1, 4, 12, 15: at least one of each kind in every batch
     stages = trainer.split.cell_stages
     assert all(len(rows) == 16 and (stages[rows] == 0).sum() == n_replay for rows in batches)
     assert len(batches) == -(-len(ctx.cells_of_stage(1)) // 16)  # matched: fine-tuning's step count
@@ -265,6 +273,58 @@ def test_replay_distill_uses_replay_batches_and_the_distillation_term(tmp_path, 
     assert set(terms) == {"distill"}
     assert terms["distill"].item() == pytest.approx(2.0 * _masked_mse(output.mlm, expected.mlm, positions))
     assert torch.equal(strategy.state_dict()["buffer"], torch.from_numpy(strategy.replay.buffer))
+    assert strategy.params.lam == 2.0 and strategy.distill.params.lam == 2.0
+
+
+def test_replay_keeps_count_of_cells_seen_and_balances_a_label(tmp_path, data_and_split) -> None:
+    """Random policy: stage k gets slots in proportion to its share of all cells seen so far (so the
+    count of cells seen must accumulate); balanced with a label: a rare class is kept whole."""
+    trainer = _trainer(
+        tmp_path, data_and_split, "replay", {"kind": "replay", "buffer_size": 10, "policy": "random"}
+    )
+    strategy, stages = trainer.strategy, trainer.split.cell_stages
+    sizes = [int((stages == k).sum()) for k in range(3)]  # 64, 32, 32 training cells
+    for stage in range(3):
+        strategy.after_stage(trainer._context(stage))
+        assert strategy.n_seen == sum(sizes[: stage + 1])
+    # stage 2 holds round(10 · 32 / 128) = 2 slots (5 if only the last stage's cells were counted)
+    assert len(strategy.buffer) == 10 and (stages[strategy.buffer] == 2).sum() == 2
+
+    cells = trainer.data.cells.copy()
+    stage_zero = trainer.split.cells_of_stage(0)
+    cells["rare"] = "common"
+    cells.loc[cells.index[stage_zero[:4]], "rare"] = "rare"
+    balanced = Replay(Replay.Params(buffer_size=10, balance_label="rare"))
+    balanced.check_inputs(cells)
+    balanced.after_stage(dataclasses.replace(trainer._context(0), cells=cells))
+    assert set(stage_zero[:4]) <= set(balanced.buffer)  # 4 rare + 6 common, not ~0.6 rare at random
+
+
+@pytest.mark.parametrize("kind", ["replay", "replay_distill"])
+def test_a_balance_label_that_is_not_a_cell_column_is_refused(tmp_path, data_and_split, kind: str) -> None:
+    from gil.errors import GilError
+
+    data, _ = data_and_split
+    with pytest.raises(GilError, match="replay balance_label 'missing' is not a cell label column"):
+        _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "missing"})
+    _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "kind"})  # a real column
+
+
+def test_buffer_samples_are_distinct_and_balanced_over_three_classes() -> None:
+    from gil.strategies.buffer import balanced_sample, update_buffer
+
+    rng = np.random.default_rng(0)
+    rows = np.arange(100)
+    assert len(np.unique(balanced_sample(rows, None, 50, rng))) == 50  # without replacement
+    labels = np.array(["a"] * 80 + ["b"] * 15 + ["c"] * 5)
+    chosen = balanced_sample(rows, labels, 15, rng)
+    assert chosen.shape == (15,) and [int((labels[chosen] == c).sum()) for c in "abc"] == [5, 5, 5]
+    buffer = update_buffer(np.zeros(0, dtype=np.int64), np.zeros(0), rows, 0, 0, 15, "balanced", labels, rng)
+    assert [int((labels[buffer] == c).sum()) for c in "abc"] == [5, 5, 5]
+    # random policy: 20 seen before, 20 new, 10 slots → 5 new (not 10 · 20 / (20 − 20))
+    old = np.arange(10)
+    mixed = update_buffer(old, np.zeros(10), np.arange(50, 70), 1, 20, 10, "random", None, rng)
+    assert len(mixed) == 10 and (mixed >= 50).sum() == 5
 
 
 # -- resume: every strategy with state --------------------------------------------------------------
