@@ -372,3 +372,96 @@ def test_fresh_retrains_over_existing_checkpoints_instead_of_loading_them(tmp_pa
     records = rerun.run(fresh=True)
     assert [record.stage for record in records] == [0, 1, 2]
     assert _same(_weights(clean), _weights(rerun))
+
+
+# -- edges: no teacher or anchor yet, one weight at zero, tiny buffers --------------------------------
+
+
+def test_teacher_view_blanks_exactly_the_genes_the_teacher_never_saw(tmp_path, data_and_split) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "finetune", {"kind": "finetune"})
+    stages = trainer.split.cell_stages
+    rows = np.concatenate([trainer.split.cells_of_stage(1)[:8], trainer.split.cells_of_stage(2)[:8]])
+    batch = trainer.builder.training_batch(rows, np.random.default_rng(0), 0.4)
+    view = teacher_view(batch, known_stage=1)
+    new = batch.gene_sets == 2
+    known = ~new
+    assert bool(new.any()) and bool((batch.gene_sets == 1).any()) and set(stages[rows]) == {1, 2}
+    assert bool((view.genes[new] == 0).all()) and bool((view.values[new] == 0).all())
+    assert bool(view.padding[new].all()) and not bool(view.masked[new].any())
+    for field in ("genes", "values", "masked", "padding"):
+        assert torch.equal(getattr(view, field)[known], getattr(batch, field)[known]), field
+    assert view.targets is batch.targets and view.gene_sets is batch.gene_sets and view.rows is batch.rows
+
+
+def test_no_term_before_a_teacher_or_an_anchor_exists_and_none_after(tmp_path, data_and_split) -> None:
+    for name, entry in {
+        "distill": {"kind": "distill", "lam": 1.0, "cls_weight": 1.0},
+        "ewc": {"kind": "ewc", "lam": 1.0, "fisher_batches": 1},
+    }.items():
+        trainer = _trainer(tmp_path, data_and_split, name, entry)
+        strategy = trainer.strategy
+        assert strategy.state_dict() == ({"fisher": {}, "anchor": {}} if name == "ewc" else {})
+        ctx = trainer._context(0)
+        strategy.before_stage(ctx)
+        batch = _stage_batch(trainer, 0)
+        assert strategy.loss_terms(ctx, batch, ctx.forward(batch)) == {}, name
+    distill = _trainer(tmp_path, data_and_split, "distill", {"kind": "distill"})
+    ctx, _ = _enter_stage_one(distill)
+    assert not any(param.requires_grad for param in distill.strategy.teacher.parameters())  # frozen
+    distill.strategy.after_stage(ctx)
+    assert distill.strategy.teacher is None  # released with the stage
+
+
+@pytest.mark.parametrize(("lam", "cls_weight"), [(0.0, 0.5), (1.0, 0.0)])
+def test_either_distillation_weight_alone_gives_its_term(
+    tmp_path, data_and_split, lam: float, cls_weight: float
+) -> None:
+    entry = {"kind": "distill", "lam": lam, "cls_weight": cls_weight}
+    trainer = _trainer(tmp_path, data_and_split, "distill", entry)
+    ctx, _ = _enter_stage_one(trainer)
+    batch = _stage_batch(trainer, 1)
+    terms = trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))
+    assert ("distill_cls" in terms) == (cls_weight > 0)
+    assert (terms["distill"].item() > 0) == (lam > 0)
+    assert sum(term.item() for term in terms.values()) > 0
+
+
+@pytest.mark.parametrize("lam", [1.0, 3.0])
+def test_ewc_term_scales_with_lambda_from_one(tmp_path, data_and_split, lam: float) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "ewc", {"kind": "ewc", "lam": lam, "fisher_batches": 1})
+    ctx, _ = _enter_stage_one(trainer)
+    batch = _stage_batch(trainer, 1)
+    term = trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))["ewc"]
+    penalty = ewc_penalty(trainer.model, trainer.strategy.fisher, trainer.strategy.anchor)
+    assert term.item() == pytest.approx(lam * penalty.item())
+
+
+def test_distillation_without_positions_is_a_zero_that_keeps_the_graph() -> None:
+    from gil.strategies.functional import distillation_loss
+
+    student = torch.ones(2, 3, requires_grad=True)
+    loss = distillation_loss(student, torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_fisher_of_one_batch_is_its_squared_gradient() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    fisher = fisher_diagonal(model, [torch.tensor([3.0])], lambda x: model(x).sum())
+    assert fisher["weight"].item() == pytest.approx(9.0)  # d(w·3)/dw = 3
+
+
+@pytest.mark.parametrize(("buffer_size", "distinct"), [(2, False), (4, True)])
+def test_a_buffer_smaller_than_a_batch_share_is_drawn_with_replacement(
+    tmp_path, data_and_split, buffer_size: int, distinct: bool
+) -> None:
+    trainer = _trainer(tmp_path, data_and_split, "replay", {"kind": "replay", "mix": 0.25})
+    strategy, stages = trainer.strategy, trainer.split.cell_stages
+    strategy.buffer = trainer.split.cells_of_stage(0)[:buffer_size]
+    batches = strategy.epoch_batches(trainer._context(1), np.random.default_rng(0))
+    for rows in batches:
+        replayed = rows[stages[rows] == 0]
+        assert len(replayed) == 4 and set(replayed) <= set(strategy.buffer)
+        if distinct:  # exactly a share's worth: every buffered cell once, no repeats
+            assert sorted(replayed) == sorted(strategy.buffer)
