@@ -1,0 +1,90 @@
+"""The evaluation's arithmetic on hand-built stage results: skill, probe Δ per task (from the stage the
+task was learned), their combination, compute totals, and the mean over seeds. No model: fast, and
+first in the mutation-testing selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gil.data.layout import Task
+from gil.evaluate import SeedEvaluation, _aggregate
+from gil.metrics.probes import ProbeResult
+
+
+def _probe(correct: list[int]) -> ProbeResult:
+    hits = np.array(correct, dtype=bool)
+    return ProbeResult(float(hits.mean()), 0.0, float(hits.mean()) / 2, 0.5, hits)
+
+
+def _task(name: str, learned_at: int) -> Task:
+    return Task(name, name, learned_at, ["a", "b"], np.arange(4), np.array([0, 1, 0, 1]))
+
+
+def _seed_evaluation(mse: list[list[float]], probes: dict[str, list[list[int]]], steps: list[int]):
+    matrix = np.array(mse, dtype=float)
+    return SeedEvaluation(
+        mse=matrix,
+        mse_per_gene=matrix * 2,
+        pearson=1 - matrix,
+        embedding_cosine=np.full((3, 3), 0.5),
+        seen_mse=[0.0, 0.0, 0.0],
+        probes={name: [_probe(c) for c in per_stage] for name, per_stage in probes.items()},
+        optimizer_steps=steps,
+        cells_processed=[s * 10 for s in steps],
+        stage_metrics=[],
+    )
+
+
+NAN = float("nan")
+REFERENCE = {"gene_mean_mse": [2.0, 4.0, 8.0]}
+TASKS = [_task("early", 0), _task("middle", 1), _task("late", 2)]
+PROBES = {
+    "early": [[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]],  # Δ vs stage 0: 0.25 − 1 = −0.75
+    "middle": [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 1]],  # Δ vs stage 1 (not 0): 0.75 − 1 = −0.25
+    "late": [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],  # learned at the last stage: no Δ
+}
+
+
+def test_a_seed_summary_pins_skill_probe_deltas_and_compute() -> None:
+    evaluation = _seed_evaluation([[1, NAN, NAN], [1.5, 2, NAN], [1.8, 3, 4]], PROBES, [10, 20, 30])
+    summary = evaluation.summary(TASKS, REFERENCE)
+    regression = summary["regression"]
+    np.testing.assert_allclose(regression["skill"][2], [1 - 1.8 / 2, 1 - 3 / 4, 1 - 4 / 8])
+    assert regression["delta"] == pytest.approx(3 - 2)  # two-stage Δ: forgetting of T1
+    assert regression["skill_new"] == pytest.approx(np.mean([1 - 2 / 4, 1 - 4 / 8]))
+    tasks = summary["probe"]["tasks"]
+    assert tasks["early"]["delta"] == pytest.approx(-0.75)
+    assert tasks["middle"]["delta"] == pytest.approx(-0.25) and tasks["middle"]["learned_at"] == 1
+    assert tasks["middle"]["delta_se"] == pytest.approx(0.25)  # differences (0, 0, −1, 0)
+    assert math.isnan(tasks["late"]["delta"])
+    assert tasks["early"]["accuracy"] == [1.0, 0.75, 0.25]
+    assert summary["probe"]["delta"] == pytest.approx(-0.5)  # mean over tasks with a Δ
+    early_se = np.std([0, -1, -1, -1], ddof=1) / 2
+    assert summary["probe"]["delta_se"] == pytest.approx(math.hypot(early_se, 0.25) / 2)
+    assert summary["compute"]["optimizer_steps_incremental"] == 50
+    assert summary["compute"]["cells_processed_incremental"] == 500
+
+
+def test_the_document_is_the_mean_over_seeds_not_one_seed() -> None:
+    seeds = {
+        "0": _seed_evaluation([[1, NAN, NAN], [1, 2, NAN], [1, 3, 4]], PROBES, [10, 20, 30]),
+        "1": _seed_evaluation(
+            [[3, NAN, NAN], [3, 4, NAN], [3, 7, 6]], {**PROBES, "early": PROBES["late"]}, [10, 40, 50]
+        ),
+    }
+    per_seed = {seed: evaluation.summary(TASKS, REFERENCE) for seed, evaluation in seeds.items()}
+    document = _aggregate(per_seed)
+    regression = document["regression"]
+    np.testing.assert_allclose(regression["matrix"], [[2, NAN, NAN], [2, 3, NAN], [2, 5, 5]])
+    np.testing.assert_allclose(regression["matrix_std"][2], [np.sqrt(2), np.sqrt(8), np.sqrt(2)])
+    np.testing.assert_allclose(regression["pearson"][2], [-1, -4, -4])
+    assert regression["delta"] == regression["delta_mean"] == pytest.approx((1 + 3) / 2)
+    assert regression["delta_std"] == pytest.approx(np.std([1, 3], ddof=1))
+    early = document["probe"]["tasks"]["early"]
+    np.testing.assert_allclose(early["accuracy"], [0.5, 0.375, 0.625])
+    assert early["delta_mean"] == pytest.approx((-0.75 + 1.0) / 2)  # seed 1: 0 → 1 from stage 0
+    assert document["compute"]["optimizer_steps"] == [10, 30, 40]
+    assert document["compute"]["optimizer_steps_incremental"] == 70
