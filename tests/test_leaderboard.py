@@ -122,12 +122,15 @@ def test_learning_note_names_strategies_that_barely_learned_their_new_genes() ->
     from gil.tracking.leaderboard import learning_note
 
     table = pd.DataFrame(
-        {"strategy": ["finetune", "distill_50", "replay"], "skill_new_mean": [0.5, 0.05, 0.1]}
+        {
+            "strategy": ["finetune", "distill_50", "replay", "ewc_big"],
+            "skill_new_mean": [0.5, 0.05, 0.1, -0.2],
+        }
     )
     assert learning_note(table) == (
-        "Barely learned its new genes (skill_new < 0.1): distill_50; its forgetting says little.\n"
+        "Barely learned its new genes (skill_new < 0.1): distill_50, ewc_big; its forgetting says little.\n"
     )
-    assert learning_note(table.drop(index=1)) == ""
+    assert learning_note(table.drop(index=[1, 3])) == ""
     assert learning_note(table.drop(columns="skill_new_mean")) == ""
 
 
@@ -165,3 +168,48 @@ def test_an_unreachable_server_is_named_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(GilError, match="unreachable"):
         run_leaderboard(config, "x", "forgetting", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_page_of_runs_is_read(sqlite_uri: str) -> None:
+    from gil.tracking.leaderboard import _CURRENT_PARENTS, _search_all
+
+    tracker = MlflowTracker(sqlite_uri, "pages")
+    for seed in range(5):
+        record_run(tracker, "a", seed, {"forgetting": 0.1 * seed})
+    runs = _search_all(tracker.client, tracker.experiment_id, _CURRENT_PARENTS, page_size=2)
+    assert sorted(run.data.tags["gil.seed"] for run in runs) == ["0", "1", "2", "3", "4"]
+
+
+def test_rank_first_other_metrics_kept_and_an_absent_or_same_tiebreak_ignored(sqlite_uri: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, "columns")
+    record_run(tracker, "a", 0, {"forgetting": 0.2, "probe_delta": -0.1, "final_mse": 1.0})
+    record_run(tracker, "b", 0, {"forgetting": 0.1, "probe_delta": 0.0, "final_mse": 2.0})
+    table = fetch_leaderboard(sqlite_uri, "columns", tiebreak="not_logged")
+    assert list(table.columns) == [
+        "rank",
+        "strategy",
+        "n_seeds",
+        "forgetting_mean",
+        "forgetting_std",
+        "final_mse_mean",
+        "final_mse_std",
+        "probe_delta_mean",
+        "probe_delta_std",
+    ]
+    assert list(table["strategy"]) == ["b", "a"]
+    same = fetch_leaderboard(sqlite_uri, "columns", metric="final_mse", tiebreak="final_mse")
+    assert list(same.columns[3:5]) == ["final_mse_mean", "final_mse_std"] and same.columns.is_unique
+
+
+def test_a_deleted_experiment_and_a_missing_metric_are_named(sqlite_uri: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, "gone")
+    record_run(tracker, "a", 0, {"final_mse": 1.0, "probe_delta": 0.0})
+    with pytest.raises(GilError, match="available: final_mse, probe_delta$"):
+        fetch_leaderboard(sqlite_uri, "gone")
+    tracker.client.delete_experiment(tracker.experiment_id)
+    with pytest.raises(
+        GilError,
+        match=rf"^MLflow experiment 'gone' not found at {sqlite_uri}; run the benchmark first or set "
+        "tracking.experiment$",
+    ):
+        fetch_leaderboard(sqlite_uri, "gone")

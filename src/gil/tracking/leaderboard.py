@@ -40,12 +40,12 @@ _CURRENT_PARENTS = (
 )
 
 
-def _search_all(client: MlflowClient, experiment_id: str, condition: str) -> list[Run]:
+def _search_all(client: MlflowClient, experiment_id: str, condition: str, page_size: int = 1000) -> list[Run]:
     """Every active run matching ``condition``, following MLflow's result pages."""
     runs: list[Run] = []
     page_token = None
     while True:
-        page = client.search_runs([experiment_id], condition, max_results=1000, page_token=page_token)
+        page = client.search_runs([experiment_id], condition, max_results=page_size, page_token=page_token)
         runs.extend(page)
         page_token = page.token
         if not page_token:
