@@ -12,7 +12,7 @@ from factories import make_config, make_processed, make_split
 from gil.data.batches import BatchBuilder
 from gil.data.layout import EVAL_STAGE
 from gil.data.vocab import Vocabulary
-from gil.evaluate import evaluate_strategy
+from gil.evaluate import PROBE_KEYS, evaluate_strategy
 from gil.metrics.regression import regression_row
 from gil.train.loop import build_model, train_strategy
 
@@ -169,3 +169,59 @@ def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) ->
             "optimizer_steps": seed["compute"]["optimizer_steps_incremental"],
         }
         assert {name: run.data.metrics[name] for name in expected} == pytest.approx(expected)
+
+
+def test_each_stage_run_records_its_own_row_reference_and_probe(trained, document) -> None:
+    """The per-stage MLflow metrics of a seed, value by value, against the row of R they come from."""
+    from gil.evaluate import Evaluator
+    from gil.scoring import EvaluationInputs
+    from gil.train.checkpoint import load_checkpoint, stage_path
+    from gil.train.loop import load_stage_model, record_of
+
+    config, data, split, out = trained
+    reference = document["reference"]
+    evaluation = Evaluator(config, "finetune", data, split, out).evaluate_seed(1, reference)
+    inputs = EvaluationInputs(config, data, split)
+    baseline = reference["gene_mean_mse"]
+    for stage in range(3):
+        payload = load_checkpoint(stage_path(out / "seed_1", stage))
+        row = inputs.regression(load_stage_model(payload), stage)
+        known = split.set_names[: stage + 1]
+        expected = {f"mse_{name}": row.mse[j] for j, name in enumerate(known)}
+        expected |= {f"pearson_{name}": row.pearson[j] for j, name in enumerate(known)}
+        expected |= {f"baseline_mse_{name}": baseline[j] for j, name in enumerate(known)}
+        expected |= {f"skill_{name}": 1 - row.mse[j] / baseline[j] for j, name in enumerate(known)}
+        expected["mse_seen"] = row.seen_mse
+        probe = evaluation.probes["kind"][stage]
+        expected |= {f"probe_kind_{key}": getattr(probe, key) for key in PROBE_KEYS}
+        assert evaluation.stage_metrics[stage] == pytest.approx(expected)
+        np.testing.assert_allclose(evaluation.mse_per_gene[stage, : stage + 1], row.mse_per_gene)
+        np.testing.assert_allclose(evaluation.pearson[stage, : stage + 1], row.pearson)
+        assert evaluation.seen_mse[stage] == pytest.approx(row.seen_mse)
+        np.testing.assert_allclose(
+            evaluation.embedding_cosine[stage, : stage + 1], record_of(payload).embedding_cosine
+        )
+        assert np.isnan(evaluation.mse_per_gene[stage, stage + 1 :]).all()
+
+
+def test_missing_or_stale_checkpoints_are_refused_before_anything_is_tracked(trained, tmp_path) -> None:
+    import shutil
+
+    from _mlflow_helpers import isolated_mlflow
+
+    from gil.errors import GilError
+    from gil.tracking.mlflow_tracker import MlflowTracker
+
+    config, data, split, out = trained
+    partial = tmp_path / "ckpt"
+    shutil.copytree(out, partial)
+    (partial / "seed_1" / "stage_2.pt").unlink()  # seed 0 complete, seed 1 not
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with isolated_mlflow():
+        tracker = MlflowTracker(uri, "refused")
+        with pytest.raises(GilError, match=r"seed_1/stage_2.pt not found"):
+            evaluate_strategy(config, "finetune", data, split, partial, tracker=tracker)
+        assert tracker.client.search_runs([tracker.experiment_id]) == []
+    other = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.0042})})
+    with pytest.raises(GilError, match="made with a different config"):
+        evaluate_strategy(other, "finetune", data, split, out)
