@@ -87,6 +87,8 @@ def test_paired_delta_and_its_standard_error() -> None:
     assert delta == pytest.approx(-1 / 6)
     assert se == pytest.approx(differences.std(ddof=1) / np.sqrt(6))
     assert paired_delta(before, after)[0] == pytest.approx(1 / 6)
+    two = paired_delta(np.array([1, 0], dtype=bool), np.array([0, 0], dtype=bool))
+    assert two == pytest.approx((0.5, 0.5))  # differences (1, 0): std 0.707 / sqrt(2)
 
 
 def test_cross_validation_does_not_select_on_the_test_fold() -> None:

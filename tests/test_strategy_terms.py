@@ -305,7 +305,11 @@ def test_a_balance_label_that_is_not_a_cell_column_is_refused(tmp_path, data_and
     from gil.errors import GilError
 
     data, _ = data_and_split
-    with pytest.raises(GilError, match="replay balance_label 'missing' is not a cell label column"):
+    with pytest.raises(
+        GilError,
+        match=r"replay balance_label 'missing' is not a cell label column \(have \['cell', 'n_genes', 'kind'\]\); "
+        r"add it to dataset.label_columns and rerun `gil prepare`, or set balance_label: null$",
+    ):
         _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "missing"})
     _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "kind"})  # a real column
 
@@ -412,7 +416,7 @@ def test_no_term_before_a_teacher_or_an_anchor_exists_and_none_after(tmp_path, d
     assert distill.strategy.teacher is None  # released with the stage
 
 
-@pytest.mark.parametrize(("lam", "cls_weight"), [(0.0, 0.5), (1.0, 0.0)])
+@pytest.mark.parametrize(("lam", "cls_weight"), [(0.0, 1.0), (1.0, 0.0)])
 def test_either_distillation_weight_alone_gives_its_term(
     tmp_path, data_and_split, lam: float, cls_weight: float
 ) -> None:
