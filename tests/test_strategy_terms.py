@@ -304,11 +304,11 @@ def test_replay_keeps_count_of_cells_seen_and_balances_a_label(tmp_path, data_an
 def test_a_balance_label_that_is_not_a_cell_column_is_refused(tmp_path, data_and_split, kind: str) -> None:
     from gil.errors import GilError
 
-    data, _ = data_and_split
     with pytest.raises(
         GilError,
         match=r"replay balance_label 'missing' is not a cell label column "
-        r"\(have \['cell', 'n_genes', 'kind'\]\); add it to dataset.label_columns and rerun `gil prepare`, or set balance_label: null$",
+        r"\(have \['cell', 'n_genes', 'kind'\]\); add it to dataset.label_columns and rerun "
+        r"`gil prepare`, or set balance_label: null$",
     ):
         _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "missing"})
     _trainer(tmp_path, data_and_split, kind, {"kind": kind, "balance_label": "kind"})  # a real column
