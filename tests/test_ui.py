@@ -1,0 +1,164 @@
+"""The MLflow UI is the leaderboard: ``gil ui`` over a tiny tracked benchmark, seen in a real browser.
+
+A real ``gil ui`` process on a free 127.0.0.1 port, a real headless Chromium (Debian's ``chromium``
+and ``chromium-driver``, driven by selenium): what could break is MLflow's UI itself, which reads
+the leaderboard view gil saves on the experiment and decides between its GenAI and training pages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _mlflow_helpers import isolated_mlflow
+from factories import make_config, make_processed, make_split
+
+from gil.evaluate import evaluate_strategy
+from gil.tracking.leaderboard import fetch_leaderboard
+from gil.tracking.mlflow_tracker import MlflowTracker
+from gil.tracking.server import free_port
+from gil.train.loop import train_strategy
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "gil-test"
+STRATEGIES = ["finetune", "replay", "ewc"]
+SEEDS = [0, 1]
+UI_TIMEOUT = 90.0
+# The runs table is an AG Grid: one row element per run or group (same row-index in the pinned
+# and scrolled parts), one cell per column id. The test reads it the way a user reads the screen.
+_GRID_JS = """
+const rows = {};
+for (const cell of document.querySelectorAll('[role="row"] [role="gridcell"]')) {
+  const index = cell.closest('[role="row"]').getAttribute('row-index');
+  (rows[index] = rows[index] || {})[cell.getAttribute('col-id')] = cell.innerText;
+}
+return Object.keys(rows).sort((a, b) => a - b).map((index) => rows[index]);
+"""
+NAME_COLUMN = "attributes.`Run Name`"
+FORGETTING_COLUMN = "metrics.`forgetting`"
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """Three strategies x two seeds trained and evaluated into a SQLite store (the tiny benchmark)."""
+    root = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    data = make_processed(n_cells=120, n_genes=30)
+    split = make_split(data, genes_per_stage=5)
+    config = make_config(train={**make_config().train.model_dump(), "seeds": SEEDS, "epochs_per_stage": 1})
+    with isolated_mlflow():
+        tracker = MlflowTracker(uri, EXPERIMENT)
+        for strategy in STRATEGIES:
+            checkpoints = root / "checkpoints" / strategy
+            train_strategy(config, strategy, data, split, checkpoints, tracker=tracker, progress=False)
+            evaluate_strategy(config, strategy, data, split, checkpoints, tracker=tracker)
+    yield uri, root
+
+
+def _browser():  # noqa: ANN202 - selenium's WebDriver
+    """Headless Chromium through chromedriver; fails (never skips) without them: CI must run this."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.fail("chromium and chromium-driver are needed: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _start_ui(params: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``gil ui`` on a free port; returns the process and the links it printed (label -> URL)."""
+    command = [sys.executable, "-m", "gil.cli", "ui", "--params", str(params), "--port", str(free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    links: dict[str, str] = {}
+    assert process.stdout is not None
+    for line in process.stdout:  # the links follow the server's start; gil ui flushes them
+        label, _, link = line.strip().partition(": ")
+        if link.startswith("http://127.0.0.1:") and "#/experiments/" in link:
+            links[label] = link
+        if len(links) == 2 or process.poll() is not None:
+            break
+    return process, links
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM ``gil ui`` by its PID (it stops its server's process group), SIGKILL if it hangs."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _wait_for(condition, timeout: float = UI_TIMEOUT):  # noqa: ANN001, ANN202
+    """Poll ``condition`` until it returns something truthy (the UI renders asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("the MLflow UI did not show the expected page in time")
+
+
+def _grid_groups(browser) -> list[dict[str, str]]:  # noqa: ANN001
+    """The runs table's rows once all groups and runs are rendered."""
+    rows = browser.execute_script(_GRID_JS)
+    groups = [row for row in rows if "Group: " in row.get(NAME_COLUMN, "")]
+    return rows if len(groups) == len(STRATEGIES) and len(rows) == len(STRATEGIES) * (1 + len(SEEDS)) else []
+
+
+def test_gil_ui_opens_the_leaderboard_and_training_pages(
+    benchmark: tuple[str, Path], tiny_params: dict, write_params, run_cli, tmp_path: Path
+) -> None:
+    uri, root = benchmark
+    tiny_params["tracking"] = {"uri": uri, "experiment": EXPERIMENT}
+    params = write_params(tiny_params)
+    printed = run_cli("leaderboard", "--params", params, "--out", tmp_path / "reports")
+    assert printed.code == 0, printed.stderr
+    expected = fetch_leaderboard(uri, EXPERIMENT)
+
+    process, links = _start_ui(params)
+    browser = None
+    try:
+        assert set(links) == {"Leaderboard", f"Experiment {EXPERIMENT}"}, links
+        board = links["Leaderboard"]
+        assert board.endswith("/runs?viewStateShareKey=gil-leaderboard&workflowType=machine_learning")
+        assert board.split("#", 1)[1] in printed.stdout  # gil leaderboard prints the same view
+        browser = _browser()
+
+        browser.get(board)
+        rows = _wait_for(lambda: _grid_groups(browser))
+        assert "/runs?" in browser.current_url
+        groups = [row for row in rows if "Group: " in row[NAME_COLUMN]]
+        shown = [row[NAME_COLUMN].split("Group: ")[1].split("\n")[0] for row in groups]
+        assert shown == list(expected["strategy"])  # groups in leaderboard order
+        for row, mean in zip(groups, expected["forgetting_mean"], strict=True):
+            assert row[FORGETTING_COLUMN].endswith("(average)")
+            assert math.isclose(float(row[FORGETTING_COLUMN].split()[0]), mean, rel_tol=1e-9)
+        assert not any(row[NAME_COLUMN] == "leaderboard" for row in rows)
+        assert {"metrics.`final_mse`", "metrics.`delta`"} <= set(rows[0])  # summary metrics as columns
+
+        browser.get(links[f"Experiment {EXPERIMENT}"])
+        _wait_for(lambda: "/runs" in browser.current_url)
+        page = browser.find_element("tag name", "body").text
+        assert "/overview" not in browser.current_url and "Detect issues in your traces" not in page
+    finally:
+        if browser is not None:
+            browser.quit()
+        _stop(process)
+    assert process.returncode is not None
