@@ -53,6 +53,7 @@ _SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow UI's prefix of a saved ru
 # sidebar switch saved in the browser, GenAI by default), not from the experiment's kind tag.
 _TRAINING_PAGES = "workflowType=machine_learning"
 RANKING_PNG = "ranking.png"
+_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids, as the UI names them
 _CURRENT_PARENTS = (
     f"tags.`{TAG_KIND}` = '{KIND_PARENT}' and tags.`{TAG_SUPERSEDED}` = 'false' "
     "and attributes.status = 'FINISHED'"
@@ -175,10 +176,14 @@ def learning_note(table: pd.DataFrame) -> str:
     )
 
 
-def leaderboard_view_state(metric: str, descending: bool, metric_names: list[str]) -> dict[str, Any]:
+def leaderboard_view_state(
+    metric: str, descending: bool, metric_names: list[str], strategies: list[str]
+) -> dict[str, Any]:
     """The runs-page state of the leaderboard, in the format of the MLflow UI's shared views:
     current parent runs, sorted by ``metric``, summary metrics as columns, grouped by strategy
-    with the average (group rows show the means, groups ordered by the mean of ``metric``)."""
+    with the average (group rows show the means, groups ordered by the mean of ``metric``), the
+    groups of ``strategies`` collapsed to one row each (a click shows the seeds)."""
+    columns = [f"metrics.`{name}`" for name in metric_names]
     return {
         "searchFilter": _CURRENT_PARENTS,
         "orderByKey": f"metrics.`{metric}`",
@@ -187,26 +192,37 @@ def leaderboard_view_state(metric: str, descending: bool, metric_names: list[str
         "lifecycleFilter": "Active",
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
-        "selectedColumns": [f"metrics.`{name}`" for name in metric_names],
+        "selectedColumns": columns,
+        # The table's own columns first (checkbox, name, created, duration), then the metrics in
+        # ranking order rather than the UI's alphabetical one.
+        "columnOrder": ["0", _NAME_COLUMN, "runDateAndNestInfo", "duration", *columns],
+        # Wide enough for "Group: replay_distill" and a mean with its "(average)" label.
+        "columnWidths": {_NAME_COLUMN: 230, **{column: 190 for column in columns}},
         "groupBy": {
             "aggregateFunction": "average",
             "groupByKeys": [{"mode": "tag", "groupByData": TAG_STRATEGY}],
         },
-        "groupsExpanded": {},
+        "groupsExpanded": {f"tag.{TAG_STRATEGY}.{name}": False for name in strategies},
         "useGroupedValuesInCharts": True,
     }
 
 
 def publish_leaderboard_view(
-    client: MlflowClient, experiment_id: str, metric: str = "forgetting", descending: bool = False
+    client: MlflowClient,
+    experiment_id: str,
+    metric: str = "forgetting",
+    descending: bool = False,
+    tiebreak: str = "final_mse",
 ) -> None:
     """Save the leaderboard view on the experiment (re-published by every ``gil leaderboard``).
 
-    Columns: every summary metric of the current parent runs, ``metric`` first.
+    Columns: every summary metric of the current parent runs, ``metric`` and ``tiebreak`` first.
     """
     runs = _search_all(client, experiment_id, _CURRENT_PARENTS)
-    names = sorted({name for run in runs for name in run.data.metrics} - {metric})
-    state = leaderboard_view_state(metric, descending, [metric, *names])
+    names = sorted({name for run in runs for name in run.data.metrics} - {metric, tiebreak})
+    strategies = sorted({run.data.tags[TAG_STRATEGY] for run in runs})
+    ranking = [metric, tiebreak] if tiebreak != metric else [metric]
+    state = leaderboard_view_state(metric, descending, [*ranking, *names], strategies)
     client.set_experiment_tag(experiment_id, _SHARED_VIEW_TAG + LEADERBOARD_VIEW, json.dumps(state))
 
 
@@ -298,7 +314,7 @@ def run_leaderboard(
     _log_leaderboard(client, run_id, table, metric, [markdown_path, csv_path, *existing])
     client.set_tag(run_id, "gil.leaderboard.metric", metric)
     client.set_terminated(run_id, "FINISHED")
-    publish_leaderboard_view(client, experiment_id, metric, descending)
+    publish_leaderboard_view(client, experiment_id, metric, descending, tiebreak)
     link = leaderboard_url(ui_address(uri), experiment_id)
     where = "" if uri.startswith(("http://", "https://")) else " (start it with `gil ui`)"
     return f"{format_table(table)}\nIn the MLflow UI{where}: {link}\n"
