@@ -7,6 +7,7 @@ the leaderboard view gil saves on the experiment and decides between its GenAI a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from _mlflow_helpers import isolated_mlflow
 from factories import make_config, make_processed, make_split
+from mlflow.tracking import MlflowClient
 
 from gil.evaluate import evaluate_strategy
 from gil.tracking.leaderboard import fetch_leaderboard
@@ -121,6 +123,28 @@ def _grid_rows(browser) -> list[dict[str, str]]:  # noqa: ANN001
     return rows if sum("Group: " in row.get(NAME_COLUMN, "") for row in rows) == len(STRATEGIES) else []
 
 
+def _previews(browser) -> set[str]:  # noqa: ANN001
+    """The images the artifact previews show (the UI loads artifacts as blobs), once both runs'
+    previews replaced the "Select a file to preview" placeholders."""
+    if "Select a file to preview" in browser.find_element("tag name", "body").text:
+        return set()
+    sources = {image.get_attribute("src") or "" for image in browser.find_elements("tag name", "img")}
+    blobs = {source for source in sources if source.startswith("blob:")}
+    return blobs if len(blobs) >= 2 else set()
+
+
+def _seed0_run(uri: str, strategy: str) -> str:
+    """The current seed-0 parent run of ``strategy``."""
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    condition = (
+        f"tags.`gil.kind` = 'parent' and tags.`gil.strategy` = '{strategy}' and tags.`gil.seed` = '0' "
+        "and tags.`gil.superseded` = 'false'"
+    )
+    (run,) = client.search_runs([experiment_id], condition)
+    return run.info.run_id
+
+
 def test_gil_ui_opens_the_leaderboard_and_training_pages(
     benchmark: tuple[str, Path], tiny_params: dict, write_params, run_cli, tmp_path: Path
 ) -> None:
@@ -153,6 +177,17 @@ def test_gil_ui_opens_the_leaderboard_and_training_pages(
                 value, label = row[f"metrics.`{metric}`"].split()
                 assert label == "(average)"
                 assert math.isclose(float(value), strategy[f"{metric}_mean"], rel_tol=1e-9)
+
+        # Two strategies' forgetting curves side by side on MLflow's run comparison page.
+        base, experiment_id = board.split("/#/experiments/")[0], board.split("/experiments/")[1].split("/")[0]
+        compared = [_seed0_run(uri, strategy) for strategy in expected["strategy"][:2]]
+        browser.get(
+            f'{base}/#/compare-runs?runs={json.dumps(compared)}&experiments=["{experiment_id}"]'
+            "&workflowType=machine_learning"
+        )
+        listed = _wait_for(lambda: browser.find_elements("xpath", "//*[text()='forgetting.png']"))
+        browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click()", listed[0])
+        assert len(_wait_for(lambda: _previews(browser))) == 2  # one forgetting.png per run
 
         browser.get(links[f"Experiment {EXPERIMENT}"])
         _wait_for(lambda: "/runs" in browser.current_url)
