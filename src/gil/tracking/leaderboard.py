@@ -44,7 +44,7 @@ from gil.tracking.mlflow_tracker import (
     TAG_STRATEGY,
     TAG_SUPERSEDED,
 )
-from gil.tracking.server import check_reachable, resolve_tracking_uri, ui_address
+from gil.tracking.server import check_reachable, is_http, resolve_tracking_uri, ui_address
 
 KIND_LEADERBOARD = "leaderboard"
 LEADERBOARD_VIEW = "gil-leaderboard"
@@ -203,7 +203,6 @@ def leaderboard_view_state(
             "groupByKeys": [{"mode": "tag", "groupByData": TAG_STRATEGY}],
         },
         "groupsExpanded": {f"tag.{TAG_STRATEGY}.{name}": False for name in strategies},
-        "useGroupedValuesInCharts": True,
     }
 
 
@@ -316,5 +315,5 @@ def run_leaderboard(
     client.set_terminated(run_id, "FINISHED")
     publish_leaderboard_view(client, experiment_id, metric, descending, tiebreak)
     link = leaderboard_url(ui_address(uri), experiment_id)
-    where = "" if uri.startswith(("http://", "https://")) else " (start it with `gil ui`)"
+    where = "" if is_http(uri) else " (start it with `gil ui`)"
     return f"{format_table(table)}\nIn the MLflow UI{where}: {link}\n"

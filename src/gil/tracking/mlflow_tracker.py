@@ -15,7 +15,9 @@ Run layout (one MLflow experiment per benchmark, ``tracking.experiment`` or the 
   ``models:/gil-zeisel-replay@final`` without looking up version numbers.
 
 The experiment is tagged ``mlflow.experimentKind = custom_model_development`` (model training, not
-GenAI) when it is created or next used, which is what MLflow's UI reads to describe it.
+GenAI) when it is created or next used: MLflow's own statement of an experiment's type. (MLflow
+3.17's UI picks its GenAI or training pages from a sidebar switch instead; the links of
+:mod:`gil.tracking.ui` choose the training pages.)
 
 Re-runs: ``begin_run(resume=False)`` always creates a fresh parent; when it finishes, every earlier
 parent with the same (strategy, seed, config hash) is tagged ``gil.superseded=true`` (a failed rerun
@@ -387,7 +389,7 @@ class MlflowTracker:
                 if earlier.info.run_id != own:
                     self._supersede(earlier)
             if self._last_version is not None:
-                self._set_final_aliases(*self._last_version)
+                self._set_final_aliases(*self._last_version[1:])
         self._close(status)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -418,7 +420,7 @@ class MlflowTracker:
             if child.info.status == "RUNNING":
                 self.client.set_terminated(child.info.run_id, "KILLED")
 
-    def _set_final_aliases(self, stage: int, name: str, version: str) -> None:
+    def _set_final_aliases(self, name: str, version: str) -> None:
         """Point ``seed<s>-final`` (and ``final``, unless a lower seed holds it) at this run's last
         stage, and describe on the run how to load it.
 

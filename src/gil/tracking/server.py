@@ -69,14 +69,15 @@ def sqlite_artifact_root(uri: str) -> Path | None:
     return sqlite_database(uri).parent / "artifacts"
 
 
-def _is_http(uri: str) -> bool:
+def is_http(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (HTTP or HTTPS) rather than a local store."""
     return urlparse(uri).scheme in ("http", "https")
 
 
 def ui_address(uri: str) -> str:
     """Where the MLflow UI of the store ``uri`` is: the tracking server itself, or for a local
     store the address ``gil ui`` serves it on by default."""
-    return uri.rstrip("/") if _is_http(uri) else f"http://{LOCAL_HOST}:{UI_PORT}"
+    return uri.rstrip("/") if is_http(uri) else f"http://{LOCAL_HOST}:{UI_PORT}"
 
 
 def _health_ok(url: str, timeout: float) -> bool:
@@ -93,7 +94,7 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     Why: without this check a training run would fail (or hang in MLflow's retries) only at its
     first logging call. Non-HTTP stores (SQLite) are local files and need no check.
     """
-    if _is_http(uri) and not _health_ok(uri, timeout):
+    if is_http(uri) and not _health_ok(uri, timeout):
         raise GilError(
             f"MLflow tracking server at {uri} is unreachable; start it with `gil ui` or set "
             "tracking.enabled: false / tracking.on_unreachable: disable in params.yaml"
