@@ -133,6 +133,19 @@ def _previews(browser) -> set[str]:  # noqa: ANN001
     return blobs if len(blobs) >= 2 else set()
 
 
+def _assert_leaderboard_run(uri: str, ranked: list[str]) -> None:
+    """The leaderboard run holds the ranked table as HTML (shown as a table by the UI), the
+    ranking figure and the report's forgetting curves."""
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (board,) = client.search_runs([experiment_id], "tags.`gil.kind` = 'leaderboard'")
+    artifacts = {item.path for item in client.list_artifacts(board.info.run_id)}
+    assert {"leaderboard.html", "ranking.png", "forgetting_curves.png"} <= artifacts
+    html = Path(client.download_artifacts(board.info.run_id, "leaderboard.html")).read_text()
+    cells = [f"<td>{strategy}</td>" for strategy in ranked]
+    assert "<table" in html and sorted(cells, key=html.index) == cells
+
+
 def _seed0_run(uri: str, strategy: str) -> str:
     """The current seed-0 parent run of ``strategy``."""
     client = MlflowClient(uri)
@@ -151,9 +164,13 @@ def test_gil_ui_opens_the_leaderboard_and_training_pages(
     uri, root = benchmark
     tiny_params["tracking"] = {"uri": uri, "experiment": EXPERIMENT}
     params = write_params(tiny_params)
-    printed = run_cli("leaderboard", "--params", params, "--out", tmp_path / "reports")
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "forgetting_curves.png").write_bytes(b"a figure of gil report")
+    printed = run_cli("leaderboard", "--params", params, "--out", tmp_path / "reports", "--plots", plots)
     assert printed.code == 0, printed.stderr
     expected = fetch_leaderboard(uri, EXPERIMENT)
+    _assert_leaderboard_run(uri, list(expected["strategy"]))
 
     process, links = _start_ui(params)
     browser = None

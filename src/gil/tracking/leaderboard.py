@@ -18,7 +18,7 @@ The same ranking is published to MLflow's UI as a saved view of the runs page
 ``#/experiments/<id>/runs?viewStateShareKey=<key>`` (:func:`leaderboard_url`). Grouped by the
 ``gil.strategy`` tag with the average, the UI orders the groups by the mean of the sort metric:
 the leaderboard. The experiment's ``leaderboard`` run (``gil.kind=leaderboard``, outside that
-filter) holds the table as MLflow table JSON, HTML, Markdown and CSV, and the figures.
+filter) holds the table as HTML, Markdown and CSV, and the figures.
 """
 
 from __future__ import annotations
@@ -256,14 +256,22 @@ def _leaderboard_run_id(client: MlflowClient, experiment_id: str) -> str:
 def _log_leaderboard(
     client: MlflowClient, run_id: str, table: pd.DataFrame, metric: str, files: list[Path]
 ) -> None:
-    """Log the table where the UI shows it as a table (MLflow table JSON, HTML), the ranking
-    figure, and ``files`` (Markdown, CSV, the report's forgetting curves) on the leaderboard run."""
+    """Log the table as HTML (the UI's artifact viewer shows it as a table), the ranking figure,
+    and ``files`` (Markdown, CSV, the report's forgetting curves) on the leaderboard run.
+
+    Not ``log_table``: it appends to an existing table, and every run of the leaderboard
+    replaces the previous one.
+    """
     header, rows = _display_rows(table)
     display = pd.DataFrame(rows, columns=header)
-    client.log_table(run_id, display, artifact_file="leaderboard.json")
     with tempfile.TemporaryDirectory() as scratch:
         html_path, ranking_path = Path(scratch) / "leaderboard.html", Path(scratch) / RANKING_PNG
-        html_path.write_text(display.to_html(index=False, border=0))
+        # A whole document with its charset: the UI shows it in an iframe, where "±" needs it.
+        html_path.write_text(
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Leaderboard</title></head>'
+            f"<body>{display.to_html(index=False, border=0)}</body></html>\n",
+            encoding="utf-8",
+        )
         plot_ranking(
             table["strategy"].tolist(),
             table[f"{metric}_mean"].tolist(),
