@@ -81,10 +81,14 @@ def _browser():  # noqa: ANN202 - selenium's WebDriver
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def _start_ui(params: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def _start_ui(
+    params: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """``gil ui`` on a free port; returns the process and the links it printed (label -> URL)."""
     command = [sys.executable, "-m", "gil.cli", "ui", "--params", str(params), "--port", str(free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [*command, *options], stdout=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
     links: dict[str, str] = {}
     assert process.stdout is not None
     for line in process.stdout:  # the links follow the server's start; gil ui flushes them
@@ -215,3 +219,20 @@ def test_gil_ui_opens_the_leaderboard_and_training_pages(
             browser.quit()
         _stop(process)
     assert process.returncode is not None
+
+
+def test_gil_ui_open_opens_the_leaderboard_link(
+    benchmark: tuple[str, Path], tiny_params: dict, write_params, tmp_path: Path
+) -> None:
+    """``--open`` hands the printed leaderboard link to the user's browser (``$BROWSER`` here, a
+    command that writes down what it was given)."""
+    uri, _ = benchmark
+    tiny_params["tracking"] = {"uri": uri, "experiment": EXPERIMENT}
+    opened = tmp_path / "opened"
+    browser = f"sh -c 'echo \"$0\" > {opened}' %s"
+    process, links = _start_ui(write_params(tiny_params), "--open", env={**os.environ, "BROWSER": browser})
+    try:
+        given = _wait_for(lambda: opened.is_file() and opened.read_text().strip(), timeout=30)
+        assert given == links["Leaderboard"]
+    finally:
+        _stop(process)
