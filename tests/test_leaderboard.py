@@ -84,7 +84,7 @@ def test_run_leaderboard_writes_files_and_one_leaderboard_run(
     assert board.info.run_name == "leaderboard"
     assert board.info.status == "FINISHED"
     artifacts = {item.path for item in tracker.client.list_artifacts(board.info.run_id)}
-    assert artifacts == {"leaderboard.md", "leaderboard.csv"}
+    assert artifacts == {"leaderboard.md", "leaderboard.csv", "leaderboard.html", "ranking.png"}
 
 
 def test_ties_are_broken_by_final_mse_ascending_and_a_missing_metric_ranks_last(sqlite_uri: str) -> None:

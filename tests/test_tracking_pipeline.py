@@ -51,7 +51,7 @@ def test_parent_and_stage_runs_hold_curves_rows_and_summaries(tracked_run) -> No
     assert parent.data.params["strategy.buffer_size"] == "20"
     assert parent.data.tags["git.commit"] == "abc"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"metrics_replay_seed0.json", "R_replay_seed0.png", "forgetting_replay_seed0.png"} <= artifacts
+    assert {"metrics.json", "R.png", "forgetting.png"} <= artifacts
     stage2 = next(r for r in stages if r.data.tags["gil.stage"] == "2")
     assert {"mse_B", "mse_T1", "mse_T2", "probe_kind_accuracy"} <= set(stage2.data.metrics)
     history = client.get_metric_history(stage2.info.run_id, "task_loss")

@@ -34,11 +34,29 @@ def _config(params: Path):  # noqa: ANN202 - returns gil.config.Config
 
 
 @app.command()
-def validate(path: Annotated[Path, typer.Argument(help="An .h5ad file to check.")]) -> None:
-    """Check an .h5ad file and print a summary (cells, genes, value type, label columns)."""
+def validate(
+    path: Annotated[Path, typer.Argument(help="An .h5ad file to check.")],
+    params: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            "-p",
+            help="Params whose dataset/prepare settings apply (default: params.yaml if present).",
+        ),
+    ] = None,
+) -> None:
+    """Check an .h5ad file, print a summary, and fail (status 2) if `gil prepare` would refuse it."""
     from gil.data.io import describe_h5ad
+    from gil.data.prepare import refusal
 
+    if params is None and DEFAULT_PARAMS.is_file():
+        params = DEFAULT_PARAMS
     typer.echo(describe_h5ad(path))
+    problem = refusal(path, _config(params) if params is not None else None)
+    settings = f"the settings in {params}" if params is not None else "default dataset settings"
+    if problem:
+        raise GilError(f"gil prepare would refuse this file with {settings}: {problem}")
+    typer.echo(f"ok: gil prepare accepts this file with {settings}")
 
 
 @app.command()
@@ -290,6 +308,9 @@ def leaderboard(
     tiebreak: Annotated[str, typer.Option(help="Second ranking metric.")] = "final_mse",
     descending: Annotated[bool, typer.Option(help="Higher is better (accuracy-like metrics).")] = False,
     out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and .csv.")] = Path("reports"),
+    plots: Annotated[
+        Path, typer.Option(help="The report's figures; its forgetting curves go on the leaderboard run.")
+    ] = Path("plots"),
     skip_if_disabled: Annotated[
         bool,
         typer.Option(
@@ -312,10 +333,19 @@ def leaderboard(
         write_text(out / "leaderboard.csv", "")
         typer.echo(note.strip())
         return
+    from gil.report import FORGETTING_CURVES_PNG
     from gil.tracking.leaderboard import run_leaderboard
 
     typer.echo(
-        run_leaderboard(config.tracking, f"gil-{config.dataset.name}", metric, out, tiebreak, descending)
+        run_leaderboard(
+            config.tracking,
+            f"gil-{config.dataset.name}",
+            metric,
+            out,
+            tiebreak,
+            descending,
+            figures=[plots / FORGETTING_CURVES_PNG],
+        )
     )
 
 
@@ -326,11 +356,16 @@ def ui(
         str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the UI.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the leaderboard in the default web browser.")
+    ] = False,
 ) -> None:
-    """Start the MLflow UI on the project's tracking store and print its URL (Ctrl-C stops it)."""
-    from gil.tracking.server import run_ui
+    """Start the MLflow UI on the project's store and print the leaderboard link (Ctrl-C stops it)."""
+    from gil.tracking.ui import run_ui
 
-    run_ui(_config(params).tracking, host, port)
+    config = _config(params)
+    experiment = config.tracking.experiment or f"gil-{config.dataset.name}"
+    run_ui(config.tracking, experiment, host, port, open_browser)
 
 
 @app.command()

@@ -255,19 +255,18 @@ def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}
 
 
-def seed_artifacts(
-    strategy: str, seed: int, summary: dict[str, Any], set_names: list[str], out_dir: Path
-) -> list[Path]:
-    """Files for the seed's parent run: its metrics JSON, its ``R`` heatmap and forgetting curves."""
+def seed_artifacts(strategy: str, summary: dict[str, Any], set_names: list[str], out_dir: Path) -> list[Path]:
+    """Files for the seed's parent run: its metrics JSON, its ``R`` heatmap and forgetting curves.
+
+    The same names on every parent run (the run names the strategy and seed): MLflow's run
+    comparison page shows the artifacts that the compared runs have in common side by side, so
+    two strategies' forgetting curves can be compared there.
+    """
 
     from gil.report import plot_forgetting_curves, plot_results_matrix
 
     document = finite_or_none({"strategy": strategy, "gene_sets": set_names, **summary})
-    paths = [
-        out_dir / f"metrics_{strategy}_seed{seed}.json",
-        out_dir / f"R_{strategy}_seed{seed}.png",
-        out_dir / f"forgetting_{strategy}_seed{seed}.png",
-    ]
+    paths = [out_dir / "metrics.json", out_dir / "R.png", out_dir / "forgetting.png"]
     write_json(paths[0], document)
     plot_results_matrix(document, paths[1])
     plot_forgetting_curves({strategy: document}, paths[2])
@@ -293,7 +292,7 @@ def _record_seed(
             tracker.log_metrics(metrics)
             tracker.end_stage()
         with tempfile.TemporaryDirectory() as tmp:
-            artifacts = seed_artifacts(strategy, seed, summary, set_names, Path(tmp))
+            artifacts = seed_artifacts(strategy, summary, set_names, Path(tmp))
             tracker.log_summary(summary_metrics(summary), artifacts)
     except BaseException:
         tracker.end_run("FAILED")

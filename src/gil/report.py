@@ -297,6 +297,23 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
     _save_png(figure, path)
 
 
+def plot_ranking(
+    names: Sequence[str], means: Sequence[float], stds: Sequence[float], metric: str, path: Path | str
+) -> None:
+    """Horizontal bars of ``metric`` (mean ± std over seeds) per strategy, best at the top: the
+    leaderboard at a glance, for the leaderboard run in MLflow."""
+    figure, (axes,) = _new_figure(1, (6.0, 0.5 * len(names) + 1.5))
+    positions = np.arange(len(names))
+    errors = [0.0 if math.isnan(std) else std for std in stds]
+    axes.barh(positions, means, xerr=errors, capsize=3, color=list(_strategy_colors(names).values()))
+    axes.set_yticks(positions, [f"{rank}. {name}" for rank, name in enumerate(names, start=1)])
+    axes.invert_yaxis()
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_xlabel(f"{metric} (mean ± std over seeds)")
+    axes.set_title(f"Leaderboard by {metric}")
+    _save_png(figure, path)
+
+
 def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path | str) -> None:
     """Linear-probe accuracy after every stage: one panel per task, one line per strategy, error bars =
     std over seeds, a dotted line at the stage that learned the task's genes. Without probe results the

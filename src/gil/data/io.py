@@ -316,7 +316,8 @@ def describe_h5ad(path: Path | str, chunk_size: int = 2000) -> str:
 
     Unusable means: missing, unreadable, empty, or holding NaN or negative values. Problems that a
     params setting can work around (log-transformed ``X``, duplicate ``var_names``) are reported in
-    the summary with the setting to change.
+    the summary with the setting to change; whether ``gil prepare`` accepts the file under given
+    params is :func:`gil.data.prepare.refusal`'s verdict (``gil validate`` prints both).
     """
     path = Path(path)
     with _open_hdf5(path) as handle:

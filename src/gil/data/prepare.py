@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from gil.config import Config, PrepareConfig
+from gil.config import Config, DatasetConfig, PrepareConfig
 from gil.data.io import H5adMatrix, ValueStats, gene_names, label_table, open_h5ad
 from gil.errors import GilError
 from gil.files import atomic_dir, dumps_json
@@ -139,17 +139,45 @@ def _check_label_columns(columns: list[str]) -> None:
         )
 
 
-def _check_not_empty(qc: QcCounts, config: Config) -> None:
+def _check_not_empty(qc: QcCounts, options: PrepareConfig) -> None:
     if not qc.cell_keep.any():
         raise GilError(
-            f"no cell has {config.prepare.min_genes_per_cell} expressed genes; "
-            "lower prepare.min_genes_per_cell"
+            f"no cell has {options.min_genes_per_cell} expressed genes; lower prepare.min_genes_per_cell"
         )
     if not qc.gene_keep.any():
         raise GilError(
-            f"no gene is expressed in {config.prepare.min_cells_per_gene} of the kept cells; "
+            f"no gene is expressed in {options.min_cells_per_gene} of the kept cells; "
             "lower prepare.min_cells_per_gene"
         )
+
+
+def _checked_source(
+    source: H5adMatrix, dataset: DatasetConfig, options: PrepareConfig
+) -> tuple[np.ndarray, pd.DataFrame, QcCounts]:
+    """Every check of the input that ``gil prepare`` makes before writing anything: the gene
+    names, label columns, raw counts and QC leaving cells and genes; raises :class:`GilError`."""
+    genes = gene_names(source, dataset.gene_column)
+    labels = label_table(source, dataset.label_columns)
+    qc = count_pass(source, options)
+    _check_not_empty(qc, options)
+    return genes, labels, qc
+
+
+def refusal(path: Path, config: Config | None) -> str | None:
+    """Why ``gil prepare`` would refuse ``path`` under ``config``'s dataset and prepare settings
+    (the defaults when None), or None if it would accept it: ``gil validate`` fails on it.
+
+    The same checks as :func:`run_prepare`, so the two commands can never disagree.
+    """
+    dataset = config.dataset if config is not None else DatasetConfig(path=path)
+    options = config.prepare if config is not None else PrepareConfig()
+    try:
+        _check_label_columns(dataset.label_columns)
+        with open_h5ad(path, dataset.counts_layer) as source:
+            _checked_source(source, dataset, options)
+    except GilError as error:
+        return str(error)
+    return None
 
 
 def _summary(config: Config, source: H5adMatrix, qc: QcCounts) -> dict:
@@ -187,10 +215,7 @@ def run_prepare(config: Config, out_dir: Path) -> None:
     dataset, options = config.dataset, config.prepare
     _check_label_columns(dataset.label_columns)
     with open_h5ad(dataset.path, dataset.counts_layer) as source:
-        genes = gene_names(source, dataset.gene_column)
-        labels = label_table(source, dataset.label_columns)
-        qc = count_pass(source, options)
-        _check_not_empty(qc, config)
+        genes, labels, qc = _checked_source(source, dataset, options)
         summary = _summary(config, source, qc)
         with atomic_dir(out_dir) as tmp:
             n_genes = write_matrix_pass(source, qc, options, tmp)

@@ -10,12 +10,24 @@ every summary metric over its seeds. Ranking is ascending by ``metric`` (lower i
 losses and forgetting, the defaults) or descending for accuracy-like metrics; ties are broken
 by ``tiebreak``, always ascending (a loss, ``final_mse`` by default). Strategies without the
 metric rank last.
+
+The same ranking is published to MLflow's UI as a saved view of the runs page
+(:func:`publish_leaderboard_view`): MLflow 3 keeps a shared view as an experiment tag
+``mlflow.sharedViewState.<key>`` holding the search facets (filter, sort) and the table state
+(columns, group-by) that otherwise live in the browser's storage, and opens it from a URL
+``#/experiments/<id>/runs?viewStateShareKey=<key>`` (:func:`leaderboard_url`). Grouped by the
+``gil.strategy`` tag with the average, the UI orders the groups by the mean of the sort metric:
+the leaderboard. The experiment's ``leaderboard`` run (``gil.kind=leaderboard``, outside that
+filter) holds the table as HTML, Markdown and CSV, and the figures.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.entities import Run
@@ -24,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from gil.config import TrackingConfig
 from gil.errors import GilError
 from gil.files import atomic_file, write_text
+from gil.report import plot_ranking
 from gil.tracking.mlflow_tracker import (
     KIND_PARENT,
     TAG_KIND,
@@ -31,9 +44,16 @@ from gil.tracking.mlflow_tracker import (
     TAG_STRATEGY,
     TAG_SUPERSEDED,
 )
-from gil.tracking.server import check_reachable, resolve_tracking_uri
+from gil.tracking.server import check_reachable, is_http, resolve_tracking_uri, ui_address
 
 KIND_LEADERBOARD = "leaderboard"
+LEADERBOARD_VIEW = "gil-leaderboard"
+_SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow UI's prefix of a saved runs-page view
+# MLflow 3.17's UI picks GenAI or model-training pages from this URL parameter (else from the
+# sidebar switch saved in the browser, GenAI by default), not from the experiment's kind tag.
+_TRAINING_PAGES = "workflowType=machine_learning"
+RANKING_PNG = "ranking.png"
+_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids, as the UI names them
 _CURRENT_PARENTS = (
     f"tags.`{TAG_KIND}` = '{KIND_PARENT}' and tags.`{TAG_SUPERSEDED}` = 'false' "
     "and attributes.status = 'FINISHED'"
@@ -156,6 +176,73 @@ def learning_note(table: pd.DataFrame) -> str:
     )
 
 
+def leaderboard_view_state(
+    metric: str, descending: bool, metric_names: list[str], strategies: list[str]
+) -> dict[str, Any]:
+    """The runs-page state of the leaderboard, in the format of the MLflow UI's shared views:
+    current parent runs, sorted by ``metric``, summary metrics as columns, grouped by strategy
+    with the average (group rows show the means, groups ordered by the mean of ``metric``), the
+    groups of ``strategies`` collapsed to one row each (a click shows the seeds)."""
+    columns = [f"metrics.`{name}`" for name in metric_names]
+    return {
+        "searchFilter": _CURRENT_PARENTS,
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": not descending,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        # The table's own columns first (checkbox, name, created, duration), then the metrics in
+        # ranking order rather than the UI's alphabetical one.
+        "columnOrder": ["0", _NAME_COLUMN, "runDateAndNestInfo", "duration", *columns],
+        # Wide enough for "Group: replay_distill" and a mean with its "(average)" label.
+        "columnWidths": {_NAME_COLUMN: 230, **{column: 190 for column in columns}},
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": TAG_STRATEGY}],
+        },
+        "groupsExpanded": {f"tag.{TAG_STRATEGY}.{name}": False for name in strategies},
+    }
+
+
+def publish_leaderboard_view(
+    client: MlflowClient,
+    experiment_id: str,
+    metric: str = "forgetting",
+    descending: bool = False,
+    tiebreak: str = "final_mse",
+) -> None:
+    """Save the leaderboard view on the experiment (re-published by every ``gil leaderboard``).
+
+    Columns: every summary metric of the current parent runs, ``metric`` and ``tiebreak`` first.
+    """
+    runs = _search_all(client, experiment_id, _CURRENT_PARENTS)
+    names = sorted({name for run in runs for name in run.data.metrics} - {metric, tiebreak})
+    strategies = sorted({run.data.tags[TAG_STRATEGY] for run in runs})
+    ranking = [metric, tiebreak] if tiebreak != metric else [metric]
+    state = leaderboard_view_state(metric, descending, [*ranking, *names], strategies)
+    client.set_experiment_tag(experiment_id, _SHARED_VIEW_TAG + LEADERBOARD_VIEW, json.dumps(state))
+
+
+def has_leaderboard_view(client: MlflowClient, experiment_id: str) -> bool:
+    """Whether the experiment already holds the leaderboard view (``gil ui`` keeps its metric)."""
+    return _SHARED_VIEW_TAG + LEADERBOARD_VIEW in client.get_experiment(experiment_id).tags
+
+
+def leaderboard_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI link that opens the experiment's runs page as the leaderboard."""
+    return (
+        f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?viewStateShareKey={LEADERBOARD_VIEW}&{_TRAINING_PAGES}"
+    )
+
+
+def experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI link of the experiment, opening on the training runs rather than GenAI pages."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?{_TRAINING_PAGES}"
+
+
 def _leaderboard_run_id(client: MlflowClient, experiment_id: str) -> str:
     """The experiment's one leaderboard run, created on first use (re-runs update it in place)."""
     existing = _search_all(client, experiment_id, f"tags.`{TAG_KIND}` = '{KIND_LEADERBOARD}'")
@@ -166,6 +253,36 @@ def _leaderboard_run_id(client: MlflowClient, experiment_id: str) -> str:
     ).info.run_id
 
 
+def _log_leaderboard(
+    client: MlflowClient, run_id: str, table: pd.DataFrame, metric: str, files: list[Path]
+) -> None:
+    """Log the table as HTML (the UI's artifact viewer shows it as a table), the ranking figure,
+    and ``files`` (Markdown, CSV, the report's forgetting curves) on the leaderboard run.
+
+    Not ``log_table``: it appends to an existing table, and every run of the leaderboard
+    replaces the previous one.
+    """
+    header, rows = _display_rows(table)
+    display = pd.DataFrame(rows, columns=header)
+    with tempfile.TemporaryDirectory() as scratch:
+        html_path, ranking_path = Path(scratch) / "leaderboard.html", Path(scratch) / RANKING_PNG
+        # A whole document with its charset: the UI shows it in an iframe, where "±" needs it.
+        html_path.write_text(
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Leaderboard</title></head>'
+            f"<body>{display.to_html(index=False, border=0)}</body></html>\n",
+            encoding="utf-8",
+        )
+        plot_ranking(
+            table["strategy"].tolist(),
+            table[f"{metric}_mean"].tolist(),
+            table[f"{metric}_std"].tolist(),
+            metric,
+            ranking_path,
+        )
+        for path in (html_path, ranking_path, *files):
+            client.log_artifact(run_id, str(path))
+
+
 def run_leaderboard(
     config: TrackingConfig,
     experiment_default: str,
@@ -173,9 +290,11 @@ def run_leaderboard(
     out_dir: Path,
     tiebreak: str = "final_mse",
     descending: bool = False,
+    figures: list[Path] | None = None,
 ) -> str:
-    """Write ``leaderboard.md`` and ``leaderboard.csv`` to ``out_dir``, log both on the
-    experiment's ``leaderboard`` run, and return the table as terminal text."""
+    """Write ``leaderboard.md`` and ``leaderboard.csv`` to ``out_dir``, log them (and the table,
+    the ranking figure and ``figures`` that exist) on the experiment's ``leaderboard`` run, publish
+    the leaderboard view, and return the table as terminal text with the view's UI link."""
     uri = resolve_tracking_uri(config)
     check_reachable(uri)
     experiment = config.experiment or experiment_default
@@ -196,9 +315,13 @@ def run_leaderboard(
     with atomic_file(csv_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.10g")
     client = MlflowClient(tracking_uri=uri)
-    run_id = _leaderboard_run_id(client, _experiment_id(client, uri, experiment))
-    for path in (markdown_path, csv_path):
-        client.log_artifact(run_id, str(path))
+    experiment_id = _experiment_id(client, uri, experiment)
+    run_id = _leaderboard_run_id(client, experiment_id)
+    existing = [path for path in figures or [] if path.is_file()]
+    _log_leaderboard(client, run_id, table, metric, [markdown_path, csv_path, *existing])
     client.set_tag(run_id, "gil.leaderboard.metric", metric)
     client.set_terminated(run_id, "FINISHED")
-    return format_table(table)
+    publish_leaderboard_view(client, experiment_id, metric, descending, tiebreak)
+    link = leaderboard_url(ui_address(uri), experiment_id)
+    where = "" if is_http(uri) else " (start it with `gil ui`)"
+    return f"{format_table(table)}\nIn the MLflow UI{where}: {link}\n"

@@ -9,7 +9,15 @@ Run layout (one MLflow experiment per benchmark, ``tracking.experiment`` or the 
   ``delta``, ``bwt``, ``final_mse``, ``probe_delta``...) and artifact files go on the parent.
 * one nested **stage run** per stage, named ``<parent name> · stage <k>``, tagged ``gil.kind=stage``,
   ``gil.stage`` and ``mlflow.parentRunId``; step metrics and the stage's model go there. The model
-  is registered as a version of ``gil-<experiment>-<strategy>`` with tags ``stage`` and ``seed``.
+  is registered as a version of ``gil-<dataset>-<strategy>`` (:func:`registered_model_name`) with
+  tags ``stage`` and ``seed`` and the alias ``seed<s>-stage<k>``; a finished training run also moves
+  ``seed<s>-final`` and, for the lowest seed, ``final`` to its last stage, so a user loads
+  ``models:/gil-zeisel-replay@final`` without looking up version numbers.
+
+The experiment is tagged ``mlflow.experimentKind = custom_model_development`` (model training, not
+GenAI) when it is created or next used: MLflow's own statement of an experiment's type. (MLflow
+3.17's UI picks its GenAI or training pages from a sidebar switch instead; the links of
+:mod:`gil.tracking.ui` choose the training pages.)
 
 Re-runs: ``begin_run(resume=False)`` always creates a fresh parent; when it finishes, every earlier
 parent with the same (strategy, seed, config hash) is tagged ``gil.superseded=true`` (a failed rerun
@@ -66,6 +74,12 @@ TAG_STAGE = "gil.stage"
 TAG_PARENT = MLFLOW_PARENT_RUN_ID
 KIND_PARENT = "parent"
 KIND_STAGE = "stage"
+# MLflow's experiment-type tag; values from the 3.x UI (ExperimentKind): this store holds training runs.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+ALIAS_FINAL = "final"
+# The run description shown on a run's page in the MLflow UI.
+TAG_RUN_NOTE = "mlflow.note.content"
 
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _MAX_DIGEST_CHARS = 36  # MLflow's limit on a dataset digest
@@ -84,8 +98,33 @@ def config_hash(params: dict[str, Any]) -> str:
 
 
 def registered_model_name(experiment: str, strategy: str) -> str:
-    """The registered model that collects the stage models of ``strategy`` in ``experiment``."""
-    return f"gil-{_safe_name(experiment)}-{_safe_name(strategy)}"
+    """The registered model that collects the stage models of ``strategy`` in ``experiment``.
+
+    ``gil-<dataset>-<strategy>``: the default experiment ``gil-<dataset>`` already carries the
+    ``gil-`` prefix, which is not doubled (``gil-zeisel`` → ``gil-zeisel-replay``).
+    """
+    return f"gil-{_safe_name(experiment.removeprefix('gil-'))}-{_safe_name(strategy)}"
+
+
+def stage_alias(seed: int | str, stage: int | str) -> str:
+    """The registry alias of one (seed, stage) model, e.g. ``seed0-stage2``."""
+    return f"seed{seed}-stage{stage}"
+
+
+def final_alias(seed: int | str) -> str:
+    """The registry alias of a seed's last-stage model, e.g. ``seed0-final``."""
+    return f"seed{seed}-{ALIAS_FINAL}"
+
+
+def loading_note(model_name: str, seed: int | str) -> str:
+    """The run description (Markdown) that tells a user how to load the run's models."""
+    return (
+        f"Models of this run: registered model `{model_name}`.\n\n"
+        "```python\nimport mlflow.pytorch\n"
+        f'model = mlflow.pytorch.load_model("models:/{model_name}@{final_alias(seed)}")  # last stage\n'
+        f'stage_1 = mlflow.pytorch.load_model("models:/{model_name}@{stage_alias(seed, 1)}")\n```\n'
+        f"`@{ALIAS_FINAL}` is the last stage of the lowest seed. Loading needs `gil` installed."
+    )
 
 
 def _param_value(value: Any) -> str:
@@ -104,8 +143,9 @@ def _ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if experiment is None:
         root = sqlite_artifact_root(uri)
         location = (root / _safe_name(name)).as_uri() if root is not None else None
+        tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=tags)
         except MlflowException:
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -115,6 +155,8 @@ def _ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
             f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore`) or "
             "set another tracking.experiment"
         )
+    if experiment.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
     return experiment.experiment_id
 
 
@@ -166,6 +208,7 @@ class MlflowTracker:
         self._parent: Run | None = None
         self._stage: int | None = None
         self._identity: dict[str, str] = {}
+        self._last_version: tuple[int, str, str] | None = None  # (stage, model name, version) of this run
 
     # --- context manager -------------------------------------------------------------------
 
@@ -198,6 +241,7 @@ class MlflowTracker:
         """Open the parent run of (strategy, seed): fresh (superseding older ones) or reopened."""
         if self._parent is not None:
             raise RuntimeError("begin_run called while a run is open; call end_run first")
+        self._last_version = None
         identity = {
             TAG_KIND: KIND_PARENT,
             TAG_STRATEGY: strategy,
@@ -285,8 +329,12 @@ class MlflowTracker:
             mlflow.log_artifact(str(vocabulary_path))
         if registered is not None and info.registered_model_version is not None:
             version = str(info.registered_model_version)
-            for key, value in {"stage": str(stage), "seed": parent_tags[TAG_SEED]}.items():
+            seed = parent_tags[TAG_SEED]
+            for key, value in {"stage": str(stage), "seed": seed}.items():
                 self.client.set_model_version_tag(registered, version, key, value)
+            self.client.set_registered_model_alias(registered, stage_alias(seed, stage), version)
+            if self._last_version is None or stage >= self._last_version[0]:
+                self._last_version = (stage, registered, version)
 
     @_reported
     def end_stage(self) -> None:
@@ -340,6 +388,8 @@ class MlflowTracker:
             for earlier in self._search({**self._identity, TAG_SUPERSEDED: "false"}):
                 if earlier.info.run_id != own:
                     self._supersede(earlier)
+            if self._last_version is not None:
+                self._set_final_aliases(*self._last_version[1:])
         self._close(status)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -369,6 +419,22 @@ class MlflowTracker:
         for child in children:
             if child.info.status == "RUNNING":
                 self.client.set_terminated(child.info.run_id, "KILLED")
+
+    def _set_final_aliases(self, name: str, version: str) -> None:
+        """Point ``seed<s>-final`` (and ``final``, unless a lower seed holds it) at this run's last
+        stage, and describe on the run how to load it.
+
+        Only a finished training run gets here, so its last registered stage is the final one.
+        """
+        seed = self._identity[TAG_SEED]
+        self.client.set_registered_model_alias(name, final_alias(seed), version)
+        try:
+            holder = self.client.get_model_version_by_alias(name, ALIAS_FINAL)
+        except MlflowException:  # no model holds the alias yet
+            holder = None
+        if holder is None or int(holder.tags.get("seed", seed)) >= int(seed):
+            self.client.set_registered_model_alias(name, ALIAS_FINAL, version)
+        self.client.set_tag(self.parent_run_id, TAG_RUN_NOTE, loading_note(name, seed))
 
     def _supersede(self, run: Run) -> None:
         self.client.set_tag(run.info.run_id, TAG_SUPERSEDED, "true")

@@ -4,7 +4,8 @@ Why a module of its own: resolving the store, checking that a server answers and
 needed by training (fail in the first second, not after an hour of training), by ``gil ui``, by
 sweeps (several concurrent trials must write through one server: SQLite with concurrent writers
 fails with "database is locked") and by tests. None of it needs the ``mlflow`` package itself, so
-this module does not import it: ``gil ui`` and reachability checks stay fast.
+this module does not import it: reachability checks stay fast (``gil ui``, which also prints
+MLflow links, is :mod:`gil.tracking.ui`).
 
 Store layout: without ``tracking.uri`` and without ``MLFLOW_TRACKING_URI`` runs go to
 ``sqlite:///<abs>/mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` (the plain
@@ -46,10 +47,10 @@ def resolve_tracking_uri(config: TrackingConfig) -> str:
     SQLite URIs come back absolute and their directory exists.
     """
     uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_backend_uri()
-    return _prepared_sqlite_uri(uri) if uri.startswith(_SQLITE_PREFIX) else uri
+    return prepared_sqlite_uri(uri) if uri.startswith(_SQLITE_PREFIX) else uri
 
 
-def _prepared_sqlite_uri(uri: str) -> str:
+def prepared_sqlite_uri(uri: str) -> str:
     """``uri`` made absolute (Ray trials and DVC stages may run elsewhere), its directory created."""
     database = sqlite_database(uri)
     database.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +69,15 @@ def sqlite_artifact_root(uri: str) -> Path | None:
     return sqlite_database(uri).parent / "artifacts"
 
 
-def _is_http(uri: str) -> bool:
+def is_http(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (HTTP or HTTPS) rather than a local store."""
     return urlparse(uri).scheme in ("http", "https")
+
+
+def ui_address(uri: str) -> str:
+    """Where the MLflow UI of the store ``uri`` is: the tracking server itself, or for a local
+    store the address ``gil ui`` serves it on by default."""
+    return uri.rstrip("/") if is_http(uri) else f"http://{LOCAL_HOST}:{UI_PORT}"
 
 
 def _health_ok(url: str, timeout: float) -> bool:
@@ -86,7 +94,7 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     Why: without this check a training run would fail (or hang in MLflow's retries) only at its
     first logging call. Non-HTTP stores (SQLite) are local files and need no check.
     """
-    if _is_http(uri) and not _health_ok(uri, timeout):
+    if is_http(uri) and not _health_ok(uri, timeout):
         raise GilError(
             f"MLflow tracking server at {uri} is unreachable; start it with `gil ui` or set "
             "tracking.enabled: false / tracking.on_unreachable: disable in params.yaml"
@@ -162,31 +170,3 @@ def stop_server(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def run_ui(config: TrackingConfig, host: str = LOCAL_HOST, port: int = UI_PORT) -> None:
-    """Serve the project's SQLite store with the MLflow UI until Ctrl-C.
-
-    Serves ``tracking.uri`` when it is a SQLite store, else the default store under ``mlruns/``.
-    Runs then log either directly to the SQLite file or through this server (``tracking.uri:
-    http://127.0.0.1:5000``), which is what concurrent sweep trials need.
-    """
-    configured = config.uri if config.uri and config.uri.startswith(_SQLITE_PREFIX) else None
-    uri = _prepared_sqlite_uri(configured or default_backend_uri())
-    artifact_root = sqlite_artifact_root(uri)
-    assert artifact_root is not None  # a SQLite URI by construction
-    process, url = start_local_server(uri, artifact_root, host=host, port=port)
-    print(f"MLflow UI at {url} (store {uri}); log through it with tracking.uri: {url}. Ctrl-C stops it.")
-    # The server has its own process group: stop it on SIGTERM too, not only on Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(process)
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
