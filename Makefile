@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-fast mutants ui lint bench clean-runs
+.PHONY: install browser run test test-fast mutants ui lint bench clean-runs
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,15 @@ install: $(STAMP)  ## create .venv and install gil with pinned dependencies
 run: install  ## run the default pipeline (Zeisel, all default strategies and seeds)
 	dvc repro
 
-test: install  ## run the whole test suite, slow end-to-end tests included
+# The MLflow UI is tested in Debian's headless Chromium (tests/test_ui.py); installed when missing.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: install browser  ## run the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest
 
 test-fast: install  ## skip the slow end-to-end tests
