@@ -58,7 +58,8 @@ def main() -> int:
     print(_row("**all**", total))
     print()
     for module in sorted(survivors):
-        print(f"Surviving in {module}: {', '.join(name.split('.')[-1] for name in sorted(survivors[module]))}")
+        names = ", ".join(name.split(".")[-1] for name in sorted(survivors[module]))
+        print(f"Surviving in {module}: {names}")
     return 0
 
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from factories import make_processed, make_split
 
 from gil.data import batches as batches_module
 from gil.data.batches import MASKED_VALUE, BatchBuilder
@@ -18,7 +19,6 @@ from gil.data.vocab import CLS, NO_SET, PAD, Vocabulary
 from gil.model import GeneTransformer, masked_value_loss
 from gil.model import transformer as transformer_module
 from gil.model.transformer import dropout
-from tests.factories import make_processed, make_split
 
 
 def naive_attention(
