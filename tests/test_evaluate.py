@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,27 +149,54 @@ def test_each_row_of_r_comes_from_its_own_stage_checkpoint(trained, document) ->
 
 
 def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) -> None:
-    """What the UI and ``gil leaderboard`` rank is exactly what ``metrics/<strategy>.json`` says."""
+    """What the UI and ``gil leaderboard`` rank is exactly what ``metrics/<strategy>.json`` says; a
+    second evaluation reopens the same parent runs; a failure while recording marks the run FAILED."""
+    import json
+
     from _mlflow_helpers import isolated_mlflow
 
     from gil.tracking.mlflow_tracker import MlflowTracker
+
+    class FailingSummary(MlflowTracker):
+        def log_summary(self, metrics, artifacts):  # noqa: ANN001 - a fault injected by the test
+            raise OSError("disk full")
 
     config, data, split, out = trained
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with isolated_mlflow():
         tracker = MlflowTracker(uri, "summaries")
-        document = evaluate_strategy(config, "finetune", data, split, out, tracker=tracker)
+        for _ in range(2):
+            document = evaluate_strategy(
+                config, "finetune", data, split, out, tracker=tracker, tags={"t": "v"}
+            )
         runs = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'parent'")
-    assert len(runs) == 2
-    for run in runs:
-        seed = document["per_seed"][run.data.tags["gil.seed"]]
-        expected = {name: seed["regression"][name] for name in ("delta", "forgetting", "bwt", "final_mse")}
-        expected |= {
-            "skill_new": seed["regression"]["skill_new"],
-            "probe_delta": seed["probe"]["delta"],
-            "optimizer_steps": seed["compute"]["optimizer_steps_incremental"],
-        }
-        assert {name: run.data.metrics[name] for name in expected} == pytest.approx(expected)
+        assert len(runs) == 2  # reopened, not superseded by new ones
+        for run in runs:
+            seed = run.data.tags["gil.seed"]
+            per_seed = document["per_seed"][seed]
+            regression = per_seed["regression"]
+            expected = {name: regression[name] for name in ("delta", "base_delta", "bwt", "forgetting")}
+            expected |= {name: regression[name] for name in ("final_mse", "plasticity", "skill_new")}
+            expected |= {
+                "skill_final": regression["skill_final"],
+                "probe_delta": per_seed["probe"]["delta"],
+                "probe_delta_se": per_seed["probe"]["delta_se"],
+                "optimizer_steps": per_seed["compute"]["optimizer_steps_incremental"],
+                "cells_processed": per_seed["compute"]["cells_processed_incremental"],
+            }
+            assert run.data.metrics == pytest.approx(expected)
+            assert run.info.run_name == f"finetune · seed {seed}" and run.info.status == "FINISHED"
+            assert run.data.tags["t"] == "v"
+            local = tracker.client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
+            logged = json.loads(Path(local).read_text())
+            assert logged["strategy"] == "finetune" and logged["regression"]["matrix"] == regression["matrix"]
+        failing = FailingSummary(uri, "summaries")
+        with pytest.raises(OSError, match="disk full"):
+            evaluate_strategy(config, "finetune", data, split, out, tracker=failing)
+        (failed,) = tracker.client.search_runs(
+            [tracker.experiment_id], "tags.`gil.kind` = 'parent' and attributes.status = 'FAILED'"
+        )
+        assert failed.data.tags["gil.seed"] == "0"  # seed 0 failed; seed 1 was never started
 
 
 def test_each_stage_run_records_its_own_row_reference_and_probe(trained, document) -> None:
