@@ -46,19 +46,24 @@ def document(trained) -> dict:
     return evaluate_strategy(config, "finetune", data, split, out)
 
 
-def test_trained_model_beats_untrained_on_every_gene_set(trained, document) -> None:
-    config, data, split, out = trained
-    vocab = Vocabulary.from_split(split)
-    builder = BatchBuilder(data, vocab, split.cell_stages, 32)
-    untrained = build_model(config, vocab, 0)
-    untrained.grow_vocabulary(vocab.size)
-    row = regression_row(untrained, builder, split.cells_of_stage(EVAL_STAGE), 2, [7], 32, 0.4, 32)
-    final = document["per_seed"]["0"]["regression"]["matrix"][2]
-    assert all(trained_mse < untrained_mse for trained_mse, untrained_mse in zip(final, row.mse, strict=True))
+def test_metrics_document_shape_nulls_and_seed_aggregation(trained, document) -> None:
+    """First user of the shared document (mutation testing attributes the fixture's work to it)."""
+    from gil.files import finite_or_none
+    from gil.reference import compute_reference
 
-
-def test_metrics_document_shape_nulls_and_seed_aggregation(document) -> None:
+    config, data, split, _ = trained
     json.dumps(document, allow_nan=False)  # no NaN leaks into the JSON
+    assert {k: document[k] for k in ("strategy", "kind", "gene_sets")} == {
+        "strategy": "finetune",
+        "kind": "finetune",
+        "gene_sets": ["B", "T1", "T2"],
+    }
+    assert (
+        document["headline"].startswith("pooled masked-value MSE")
+        and "fixed evaluation seed" in document["evaluation"]
+    )
+    assert document["reference"] == finite_or_none(compute_reference(config, data, split))
+    assert list(document["per_seed"]) == ["0", "1"] and document["probe"]["tasks"]["kind"]["learned_at"] == 1
     matrix = document["regression"]["matrix"]
     assert len(matrix) == 3 and matrix[0][1] is None and matrix[0][2] is None and matrix[1][2] is None
     seeds = [document["per_seed"][s]["regression"]["delta"] for s in ("0", "1")]
@@ -69,6 +74,17 @@ def test_metrics_document_shape_nulls_and_seed_aggregation(document) -> None:
     task = document["probe"]["tasks"]["kind"]
     assert len(task["accuracy"]) == 3 and all(0 <= a <= 1 for a in task["accuracy"])
     assert not math.isnan(document["probe"]["delta"])
+
+
+def test_trained_model_beats_untrained_on_every_gene_set(trained, document) -> None:
+    config, data, split, out = trained
+    vocab = Vocabulary.from_split(split)
+    builder = BatchBuilder(data, vocab, split.cell_stages, 32)
+    untrained = build_model(config, vocab, 0)
+    untrained.grow_vocabulary(vocab.size)
+    row = regression_row(untrained, builder, split.cells_of_stage(EVAL_STAGE), 2, [7], 32, 0.4, 32)
+    final = document["per_seed"]["0"]["regression"]["matrix"][2]
+    assert all(trained_mse < untrained_mse for trained_mse, untrained_mse in zip(final, row.mse, strict=True))
 
 
 def test_evaluation_is_deterministic(trained, document) -> None:

@@ -86,5 +86,23 @@ def test_the_document_is_the_mean_over_seeds_not_one_seed() -> None:
     early = document["probe"]["tasks"]["early"]
     np.testing.assert_allclose(early["accuracy"], [0.5, 0.375, 0.625])
     assert early["delta_mean"] == pytest.approx((-0.75 + 1.0) / 2)  # seed 1: 0 → 1 from stage 0
+    assert early["learned_at"] == 0 and early["delta_std"] == pytest.approx(np.std([-0.75, 1.0], ddof=1))
+    np.testing.assert_allclose(regression["skill"][2], [1 - 2 / 2, 1 - 5 / 4, 1 - 5 / 8])
+    skill_seeds = [[0.5, 0.25, 0.5], [-0.5, -0.75, 0.25]]  # 1 − R[2] / b for each seed
+    np.testing.assert_allclose(regression["skill_std"][2], np.std(skill_seeds, axis=0, ddof=1))
+    assert document["embedding_cosine"] == pytest.approx(np.full((3, 3), 0.5))
     assert document["compute"]["optimizer_steps"] == [10, 30, 40]
+    assert document["compute"]["cells_processed"] == [100, 300, 400]
     assert document["compute"]["optimizer_steps_incremental"] == 70
+
+
+def test_one_seed_has_zero_spread_where_defined_and_none_above_the_diagonal() -> None:
+    one = {
+        "0": _seed_evaluation([[1, NAN, NAN], [1, 2, NAN], [1, 3, 4]], PROBES, [1, 2, 3]).summary(
+            TASKS, REFERENCE
+        )
+    }
+    regression = _aggregate(one)["regression"]
+    std = np.asarray(regression["matrix_std"])
+    assert (std[np.tril_indices(3)] == 0).all() and np.isnan(std[np.triu_indices(3, 1)]).all()
+    np.testing.assert_allclose(regression["matrix"][2], [1, 3, 4])
