@@ -49,12 +49,13 @@ PROBES = {
 
 
 def test_a_seed_summary_pins_skill_probe_deltas_and_compute() -> None:
-    evaluation = _seed_evaluation([[1, NAN, NAN], [1.5, 2, NAN], [1.8, 3, 4]], PROBES, [10, 20, 30])
+    evaluation = _seed_evaluation([[1, NAN, NAN], [1.5, 2, NAN], [1.8, 3, 6]], PROBES, [10, 20, 30])
     summary = evaluation.summary(TASKS, REFERENCE)
     regression = summary["regression"]
-    np.testing.assert_allclose(regression["skill"][2], [1 - 1.8 / 2, 1 - 3 / 4, 1 - 4 / 8])
+    np.testing.assert_allclose(regression["skill"][2], [1 - 1.8 / 2, 1 - 3 / 4, 1 - 6 / 8])
     assert regression["delta"] == pytest.approx(3 - 2)  # two-stage Δ: forgetting of T1
-    assert regression["skill_new"] == pytest.approx(np.mean([1 - 2 / 4, 1 - 4 / 8]))
+    assert regression["skill_new"] == pytest.approx(np.mean([1 - 2 / 4, 1 - 6 / 8]))  # T1 and T2
+    assert regression["skill_final"] == pytest.approx(np.mean([1 - 1.8 / 2, 1 - 3 / 4, 1 - 6 / 8]))
     tasks = summary["probe"]["tasks"]
     assert tasks["early"]["delta"] == pytest.approx(-0.75)
     assert tasks["middle"]["delta"] == pytest.approx(-0.25) and tasks["middle"]["learned_at"] == 1

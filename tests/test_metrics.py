@@ -172,8 +172,16 @@ def test_inputs_are_not_mutated() -> None:
     [
         ([[0.5, None, None], [0.4, 0.3, None]], "square"),
         ([[0.5]], "at least one incremental stage"),
-        ([[0.5, None], [0.4, None]], r"R\[1\]\[1\].*must be finite"),
-        ([[0.5, 0.1], [0.4, 0.3]], r"R\[0\]\[1\].*must be NaN"),
+        (
+            [[0.5, None], [0.4, None]],
+            r"^R\[1\]\[1\] is nan: entries on and below the diagonal \(gene sets learned by that stage\) "
+            r"must be finite$",
+        ),
+        (
+            [[0.5, 0.1], [0.4, 0.3]],
+            r"^R\[0\]\[1\] is 0.1: entries above the diagonal \(gene sets not learned yet\) "
+            r"must be NaN/None$",
+        ),
         ([[0.5, None], [0.4]], "not a numeric matrix"),
         ([[0.5, None], [math.inf, 0.3]], r"R\[1\]\[0\]"),
     ],
@@ -215,6 +223,8 @@ def test_mean_std_over_seeds() -> None:
     assert mean_std([None, 0.4]) == (0.4, 0.0)
     assert all(math.isnan(value) for value in mean_std([NAN]))
     assert all(math.isnan(value) for value in mean_std([]))
+    with pytest.raises(ValueError, match=r"^values: expected a vector over seeds, got shape \(1, 2\)$"):
+        mean_std([[0.1, 0.2]])
 
 
 def test_a_single_stage_probe_has_zero_delta_and_a_bad_oracle_matrix_is_named() -> None:

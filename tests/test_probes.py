@@ -44,12 +44,25 @@ def test_probe_batch_takes_the_most_expressed_known_genes(builder: BatchBuilder)
 
 def test_input_expression_is_the_probe_input_as_a_matrix(builder: BatchBuilder) -> None:
     rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:6]
-    matrix = input_expression(builder, rows, stage=0, seed=0, batch_size=4, max_seq=5)
     n_base = int((builder.set_of_token == 0).sum())
-    assert matrix.shape == (6, n_base)
-    batch = builder.probe_batch(rows, 0, 5)
-    assert (matrix != 0).sum(axis=1).tolist() == (~batch.padding).sum(dim=1).sub(1).tolist()
-    assert np.allclose(np.sort(matrix, axis=1)[:, ::-1][:, :5].sum(axis=1), batch.values.sum(dim=1).numpy())
+    first_gene = int(np.argmax(builder.set_of_token >= 0))
+    for probe_input in ("top_expressed", "sampled"):
+        # batches of 2: three batches, so each must land at its own offset
+        matrix = input_expression(builder, rows, 0, 3, 2, 5, probe_input)
+        expected = np.zeros((6, n_base), dtype=np.float32)
+        for start in (0, 2, 4):
+            part = rows[start : start + 2]
+            if probe_input == "top_expressed":
+                batch = builder.probe_batch(part, 0, 5)
+            else:  # the evaluation's fixed gene sample for seed + offset, nothing masked
+                batch = builder.evaluation_batch(part, 0, 3 + start, 0.0, 5)
+                assert not bool(batch.masked.any())
+            for i in range(len(part)):
+                for gene, value, pad in zip(batch.genes[i], batch.values[i], batch.padding[i], strict=True):
+                    if not pad and int(gene) >= first_gene:
+                        expected[start + i, int(gene) - first_gene] = float(value)
+        np.testing.assert_array_equal(matrix, expected)
+        assert matrix.dtype == np.float32 and (matrix != 0).sum() > 6
 
 
 def test_folds_are_stratified_and_deterministic() -> None:

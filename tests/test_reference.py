@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from factories import make_config, make_processed, make_split
 
 from gil.data.batches import BatchBuilder
@@ -52,6 +53,24 @@ def test_gene_means_use_only_what_training_showed() -> None:
     means = gene_means(builder, np.array([0, 1, 2]))
     # tokens: <pad>, <cls>, g0, g1, g2, g3
     assert means.tolist() == pytest.approx([0.0, 0.0, 2.0, 4.0, 2.0, 6.0])
+
+
+def test_gene_means_read_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gil.metrics.gene_mean as gene_mean
+
+    data, split = _hand_built()
+    builder = BatchBuilder(data, Vocabulary.from_split(split), split.cell_stages, max_seq=8)
+    monkeypatch.setattr(gene_mean, "_CHUNK_ROWS", 1)  # one row per chunk: sums must accumulate
+    assert gene_means(builder, np.array([2, 0, 1])).tolist() == pytest.approx([0.0, 0.0, 2.0, 4.0, 2.0, 6.0])
+
+
+def test_the_gene_mean_predictor_predicts_each_gene_mean_everywhere() -> None:
+    predictor = GeneMeanPredictor(np.array([0.0, 0.0, 2.0, 4.0]))
+    genes = torch.tensor([[1, 2, 3, 0], [1, 3, 0, 0]])
+    output = predictor(genes, torch.zeros(2, 4), genes == 0)
+    expected = torch.tensor([[0.0, 2.0, 4.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+    assert torch.equal(output.mlm, expected) and torch.equal(output.mvc, expected)
+    assert output.mlm.dtype == torch.float32 and torch.equal(output.cell, torch.zeros(2, 1))
 
 
 def test_gene_mean_predictor_scores_the_positions_of_each_gene_set() -> None:
