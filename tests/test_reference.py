@@ -62,6 +62,8 @@ def test_gene_means_read_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatc
     builder = BatchBuilder(data, Vocabulary.from_split(split), split.cell_stages, max_seq=8)
     monkeypatch.setattr(gene_mean, "_CHUNK_ROWS", 1)  # one row per chunk: sums must accumulate
     assert gene_means(builder, np.array([2, 0, 1])).tolist() == pytest.approx([0.0, 0.0, 2.0, 4.0, 2.0, 6.0])
+    # only the stage-0 cell: g1..g3 never shown, their means 0 over the whole vocabulary
+    assert gene_means(builder, np.array([0])).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
 
 
 def test_the_gene_mean_predictor_predicts_each_gene_mean_everywhere() -> None:
