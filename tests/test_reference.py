@@ -83,6 +83,17 @@ def test_gene_mean_predictor_scores_the_positions_of_each_gene_set() -> None:
     # held-out cell: g0 5 vs 2, g1 4 vs 4 | g2 3 vs 2 | g3 10 vs 6
     assert row.mse == pytest.approx([(9.0 + 0.0) / 2, 1.0, 16.0])
     assert row.n_positions == [2, 1, 1]
+    # Pearson of predictions (2, 4) with targets (5, 4): −1; one position per set: undefined
+    assert row.pearson[0] == pytest.approx(-1.0) and np.isnan(row.pearson[1:]).all()
+
+
+def test_pearson_from_running_sums_matches_numpy() -> None:
+    from gil.metrics.regression import _pearson
+
+    p, t = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 5.0, 9.0])
+    sums = (len(p), p.sum(), t.sum(), (p * p).sum(), (t * t).sum(), (p * t).sum())
+    assert _pearson(*sums) == pytest.approx(np.corrcoef(p, t)[0, 1])
+    assert np.isnan(_pearson(3, 3.0, 6.0, 3.0, 14.0, 6.0))  # constant predictions: undefined
 
 
 def test_skill_against_a_hand_computed_matrix() -> None:
