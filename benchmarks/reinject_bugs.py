@@ -214,8 +214,10 @@ def run_one(bug: Bug, scratch: Path) -> tuple[str, float]:
     seconds = time.perf_counter() - started
     if result.returncode == 0:
         return "SURVIVED", seconds
-    failed = re.search(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
-    return f"caught by {failed.group(1) if failed else 'an error: ' + result.stdout[-300:]}", seconds
+    failed = re.search(r"^(FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
+    if failed is None:
+        return f"caught, but no test named: {result.stdout[-200:]!r}", seconds
+    return f"caught by {failed.group(2)}{' (error)' if failed.group(1) == 'ERROR' else ''}", seconds
 
 
 def main() -> int:
