@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -85,6 +86,62 @@ def test_run_leaderboard_writes_files_and_one_leaderboard_run(
     assert board.info.status == "FINISHED"
     artifacts = {item.path for item in tracker.client.list_artifacts(board.info.run_id)}
     assert artifacts == {"leaderboard.md", "leaderboard.csv", "leaderboard.html", "ranking.png"}
+    assert board.data.tags["gil.leaderboard.metric"] == "forgetting"
+    html = Path(tracker.client.download_artifacts(board.info.run_id, "leaderboard.html", str(tmp_path)))
+    page = html.read_text(encoding="utf-8")
+    assert page.startswith('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Leaderboard</title>')
+    assert page.index("<td>replay</td>") < page.index("<td>naive</td>") and "0.15 ± 0.071" in page
+    assert markdown.startswith(
+        f"# Leaderboard: {benchmark.experiment}\n\nRanked by mean `forgetting` over seeds (lower is better), "
+        "ties by `final_mse`; cells are mean ± sample std."
+    )
+    link = text.splitlines()[-1]
+    experiment_id = tracker.experiment_id
+    if benchmark.uri.startswith("sqlite"):
+        assert link == (
+            "In the MLflow UI (start it with `gil ui`): http://127.0.0.1:5000/#/experiments/"
+            f"{experiment_id}/runs?viewStateShareKey=gil-leaderboard&workflowType=machine_learning"
+        )
+    view = json.loads(
+        tracker.client.get_experiment(experiment_id).tags["mlflow.sharedViewState.gil-leaderboard"]
+    )
+    columns = ["metrics.`forgetting`", "metrics.`final_mse`"]
+    assert view == {
+        "searchFilter": "tags.`gil.kind` = 'parent' and tags.`gil.superseded` = 'false' "
+        "and attributes.status = 'FINISHED'",
+        "orderByKey": "metrics.`forgetting`",
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": ["0", "attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns],
+        "columnWidths": {"attributes.`Run Name`": 230, columns[0]: 190, columns[1]: 190},
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": "gil.strategy"}],
+        },
+        "groupsExpanded": {"tag.gil.strategy.naive": False, "tag.gil.strategy.replay": False},
+    }
+    descending = run_leaderboard(
+        benchmark, "unused", "final_mse", tmp_path, tiebreak="final_mse", descending=True
+    )
+    view = json.loads(
+        tracker.client.get_experiment(experiment_id).tags["mlflow.sharedViewState.gil-leaderboard"]
+    )
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`final_mse`", False)
+    assert view["selectedColumns"] == ["metrics.`final_mse`", "metrics.`forgetting`"]
+    assert "(higher is better)" in (tmp_path / "leaderboard.md").read_text() and descending
+
+
+def test_ui_links_open_training_pages() -> None:
+    from gil.tracking.leaderboard import experiment_url, leaderboard_url
+
+    assert leaderboard_url("http://h:1/", "7") == (
+        "http://h:1/#/experiments/7/runs?viewStateShareKey=gil-leaderboard&workflowType=machine_learning"
+    )
+    assert experiment_url("http://h:1/", "7") == "http://h:1/#/experiments/7?workflowType=machine_learning"
 
 
 def test_ties_are_broken_by_final_mse_ascending_and_a_missing_metric_ranks_last(sqlite_uri: str) -> None:
