@@ -117,3 +117,18 @@ def test_cross_validation_does_not_select_on_the_test_fold() -> None:
             cross_validated_probe(noise, labels, 5, list(np.logspace(-4, 4, 25)), 5, 0).accuracy
         )
     assert np.mean(accuracies) < 0.53
+
+
+def test_a_probe_reports_its_binomial_error_macro_f1_and_knn_on_separable_classes() -> None:
+    from gil.metrics.probes import cross_validated_probe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    features = np.eye(3)[labels] * 5 + rng.normal(scale=0.1, size=(60, 3))
+    result = cross_validated_probe(features, labels, 5, [0.01, 1.0], 5, 0)
+    assert result.accuracy == 1.0 and result.correct.all() and result.correct.shape == (60,)
+    assert result.accuracy_se == 0.0 and result.macro_f1 == 1.0 and result.knn_accuracy == 1.0
+    noisy = cross_validated_probe(rng.normal(size=(60, 3)), labels, 5, [1.0], 5, 0)
+    a = noisy.accuracy
+    assert noisy.accuracy_se == pytest.approx(np.sqrt(a * (1 - a) / 60)) and 0 < a < 1
+    assert 0 <= noisy.macro_f1 <= 1 and noisy.macro_f1 != pytest.approx(a)
