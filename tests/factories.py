@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from gil.config import Config, config_from_dict
 from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
@@ -100,3 +101,13 @@ def make_config(**overrides: dict) -> Config:
     }
     raw.update(overrides)
     return config_from_dict(raw)
+
+
+def model_weights(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001 - a gil.train.loop.StageTrainer
+    """A copy of the trainer's model weights (to compare runs)."""
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit-identical weight dictionaries (same keys, equal tensors)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

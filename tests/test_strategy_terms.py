@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from factories import make_config, make_processed, make_split
+from factories import make_config, make_processed, make_split, model_weights, same_weights
 
 from gil.data.batches import Batch
 from gil.model import GeneTransformer
@@ -334,14 +334,6 @@ def test_buffer_samples_are_distinct_and_balanced_over_three_classes() -> None:
 # -- resume: every strategy with state --------------------------------------------------------------
 
 
-def _weights(trainer: StageTrainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 STATEFUL = {
     "ewc": {"kind": "ewc", "lam": 50.0, "fisher_batches": 2},
     "replay_distill": {"kind": "replay_distill", "buffer_size": 20, "mix": 0.25, "lam": 2.0},
@@ -358,7 +350,7 @@ def test_resume_from_stage_one_restores_the_strategy_state(tmp_path, data_and_sp
     stage_path(partial.run_dir, 2).unlink()  # as if killed during stage 2
     resumed = _trainer(tmp_path / "partial", data_and_split, name, STATEFUL[name])
     resumed.run()
-    assert _same(_weights(full), _weights(resumed))
+    assert same_weights(model_weights(full), model_weights(resumed))
 
 
 def test_fresh_retrains_over_existing_checkpoints_instead_of_loading_them(tmp_path, data_and_split) -> None:
@@ -375,7 +367,7 @@ def test_fresh_retrains_over_existing_checkpoints_instead_of_loading_them(tmp_pa
     rerun = _trainer(tmp_path / "stale", data_and_split, "ewc", entry)
     records = rerun.run(fresh=True)
     assert [record.stage for record in records] == [0, 1, 2]
-    assert _same(_weights(clean), _weights(rerun))
+    assert same_weights(model_weights(clean), model_weights(rerun))
 
 
 # -- edges: no teacher or anchor yet, one weight at zero, tiny buffers --------------------------------

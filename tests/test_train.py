@@ -8,10 +8,9 @@ import subprocess
 import time
 
 import pytest
-import torch
 import yaml
 from conftest import gil_train_command
-from factories import make_config, make_processed, make_split
+from factories import make_config, make_processed, make_split, model_weights, same_weights
 
 from gil.errors import GilError
 from gil.train.checkpoint import completed_stages, load_checkpoint, stage_path
@@ -22,14 +21,6 @@ from gil.train.loop import StageTrainer, train_base, train_strategy
 def data_and_split():
     data = make_processed(n_cells=160, n_genes=40)
     return data, make_split(data)
-
-
-def _weights(trainer: StageTrainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoints_carry_the_vocabulary_and_the_vocabulary_grows(tmp_path, data_and_split) -> None:
@@ -65,7 +56,7 @@ def test_resume_after_losing_the_last_stage_gives_identical_weights(tmp_path, da
     stage_path(partial.run_dir, 2).unlink()  # as if killed during stage 2
     resumed = StageTrainer(config, "replay", 0, data, split, tmp_path / "partial", progress=False)
     resumed.run()
-    assert _same(_weights(full), _weights(resumed))
+    assert same_weights(model_weights(full), model_weights(resumed))
 
 
 def test_shared_base_stage_gives_the_same_run_as_training_it(tmp_path, data_and_split) -> None:
@@ -86,7 +77,7 @@ def test_shared_base_stage_gives_the_same_run_as_training_it(tmp_path, data_and_
             base_dir=tmp_path / "base",
         )
         shared.run()
-        assert _same(_weights(own), _weights(shared))
+        assert same_weights(model_weights(own), model_weights(shared))
 
 
 def test_a_checkpoint_from_another_config_is_refused_and_kept(tmp_path, data_and_split) -> None:
@@ -142,6 +133,6 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, t
     subprocess.run(command("killed"), check=True, env=env, capture_output=True)
     clean = load_checkpoint(stage_path(tmp_path / "clean" / "seed_0", 2))["model"]
     resumed = load_checkpoint(stage_path(tmp_path / "killed" / "seed_0", 2))["model"]
-    assert _same(clean, resumed)
+    assert same_weights(clean, resumed)
     leftovers = [p.name for p in (tmp_path / "killed" / "seed_0").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
