@@ -169,13 +169,10 @@ def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-def build_tiny_project(repo: Path, h5ad: Path) -> dict:
-    """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new git + DVC repo ``repo``.
-
-    The project's ``dvc.yaml`` and copies of the source directories it depends on; tiny params with
-    tracking to ``repo/mlruns/mlflow.db``; a local DVC remote beside the repo. Returns the
-    environment the commands ran with.
-    """
+def init_project(repo: Path, h5ad: Path, pipeline_file: str, pipeline: dict, params: dict) -> dict:
+    """A new git + DVC repo ``repo`` holding ``pipeline`` (at ``pipeline_file``), ``params`` (with
+    ``h5ad`` copied to ``raw.h5ad``, tracked by DVC), copies of the project's source files the pipeline
+    depends on and a local DVC remote beside the repo; committed. Returns the environment to run in."""
     import shutil
 
     import yaml
@@ -192,19 +189,13 @@ def build_tiny_project(repo: Path, h5ad: Path) -> dict:
         "DVC_SITE_CACHE_DIR": str(repo / ".site-cache"),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    del pipeline["stages"]["zeisel"]
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    (repo / pipeline_file).parent.mkdir(parents=True, exist_ok=True)
+    (repo / pipeline_file).write_text(yaml.safe_dump(pipeline, sort_keys=False))
     shutil.copy(h5ad, repo / "raw.h5ad")
-    params = tiny_pipeline_params(repo / "raw.h5ad")
-    params["dataset"]["path"] = "raw.h5ad"
-    params["tracking"] = {
-        "enabled": True,
-        "uri": f"sqlite:///{repo}/mlruns/mlflow.db",
-        "register_models": False,
-    }
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for source in _source_deps(pipeline):  # dvc.yaml depends on these files of the project
+    (repo / "params.yaml").write_text(
+        yaml.safe_dump({**params, "dataset": {**params["dataset"], "path": "raw.h5ad"}}, sort_keys=False)
+    )
+    for source in _source_deps(pipeline):  # the pipeline depends on these files of the project
         target = repo / source
         target.parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / source).is_dir():
@@ -218,7 +209,24 @@ def build_tiny_project(repo: Path, h5ad: Path) -> dict:
     _run_checked([*dvc, "add", "-q", "raw.h5ad"], repo, env)
     _run_checked(["git", "add", "-A"], repo, env)
     _run_checked(["git", "commit", "-qm", "init"], repo, env)
-    _run_checked([*dvc, "repro"], repo, env)
+    return env
+
+
+def tracked_to(repo: Path) -> dict:
+    """Tracking into ``repo/mlruns/mlflow.db`` without the model registry (faster)."""
+    return {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}
+
+
+def build_tiny_project(repo: Path, h5ad: Path) -> dict:
+    """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new repo (:func:`init_project`)
+    with tiny params and tracking to ``repo/mlruns/mlflow.db``. Returns the environment it ran with."""
+    import yaml
+
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    del pipeline["stages"]["zeisel"]
+    params = {**tiny_pipeline_params(h5ad), "tracking": tracked_to(repo)}
+    env = init_project(repo, h5ad, "dvc.yaml", pipeline, params)
+    _run_checked([sys.executable, "-m", "dvc", "repro"], repo, env)
     return env
 
 

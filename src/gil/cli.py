@@ -25,12 +25,34 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Params file 
 DEFAULT_PARAMS = Path("params.yaml")
 # Gene lists of `split.genes.method: file` belong here: the split stage of dvc.yaml depends on it.
 GENE_LISTS = Path("gene_lists")
+PROCESSED, SPLIT, REFERENCE = "data/processed", "data/split", "metrics/reference.json"
 
 
-def _config(params: Path):  # noqa: ANN202 - returns gil.config.Config
+SettingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--setting",
+        help="Run as this entry of 'settings' (the suite): its overrides apply, and paths left at their "
+        "defaults live under suite/<setting>/.",
+    ),
+]
+
+
+def _config(params: Path, setting: str | None = None):  # noqa: ANN202 - returns gil.config.Config
     from gil.config import load_config
 
-    return load_config(params)
+    return load_config(params, setting)
+
+
+def _path(given: Path | None, default: str, setting: str | None) -> Path:
+    """``given``, else ``default`` (relative to the setting's directory when there is a setting)."""
+    if given is not None:
+        return given
+    if setting is None:
+        return Path(default)
+    from gil.settings import setting_dir
+
+    return setting_dir(setting) / default
 
 
 @app.command()
@@ -62,25 +84,27 @@ def validate(
 @app.command()
 def prepare(
     params: ParamsOption = DEFAULT_PARAMS,
-    out: Annotated[Path, typer.Option(help="Processed data directory.")] = Path("data/processed"),
+    out: Annotated[Path | None, typer.Option(help="Processed data directory.")] = None,
+    setting: SettingOption = None,
 ) -> None:
     """QC-filter and log1p-transform the raw .h5ad into memory-mappable arrays."""
     from gil.data.prepare import run_prepare
 
-    run_prepare(_config(params), out)
+    run_prepare(_config(params, setting), _path(out, PROCESSED, setting))
 
 
 @app.command()
 def split(
     params: ParamsOption = DEFAULT_PARAMS,
-    processed: Annotated[Path, typer.Option(help="Processed data directory.")] = Path("data/processed"),
-    out: Annotated[Path, typer.Option(help="Split directory.")] = Path("data/split"),
+    processed: Annotated[Path | None, typer.Option(help="Processed data directory.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Split directory.")] = None,
+    setting: SettingOption = None,
 ) -> None:
     """Write gene sets B, T1..Tn, cell stages and probe tasks, deterministically from split.seed."""
     from gil.data.split import run_split
 
-    config = _config(params)
-    typer.echo(run_split(config, processed, out))
+    config = _config(params, setting)
+    typer.echo(run_split(config, _path(processed, PROCESSED, setting), _path(out, SPLIT, setting)))
     genes = config.split.genes
     if genes.method == "file" and GENE_LISTS.resolve() not in genes.file.resolve().parents:
         typer.echo(
@@ -100,8 +124,10 @@ def zeisel(out: Annotated[Path, typer.Argument(help="Where to write the .h5ad.")
 
 
 StrategyOption = Annotated[str, typer.Option("--strategy", "-s", help="A name under 'strategies' in params.")]
-ProcessedOption = Annotated[Path, typer.Option(help="Processed data directory.")]
-SplitOption = Annotated[Path, typer.Option("--split", help="Split directory.")]
+ProcessedOption = Annotated[
+    Path | None, typer.Option(help=f"Processed data directory (default: {PROCESSED}).")
+]
+SplitOption = Annotated[Path | None, typer.Option("--split", help=f"Split directory (default: {SPLIT}).")]
 JobsOption = Annotated[
     int | None,
     typer.Option(
@@ -127,15 +153,21 @@ def _tracker(config):  # noqa: ANN001, ANN202 - Config -> Tracker
         return NullTracker()
     from gil.tracking.mlflow_tracker import open_tracker
 
-    return open_tracker(config.tracking, f"gil-{config.dataset.name}")
+    return open_tracker(config.tracking, config.experiment_name())
 
 
-def _inputs(config, processed: Path, split_dir: Path):  # noqa: ANN001, ANN202
+def _inputs(config, processed: Path | None, split_dir: Path | None, setting: str | None):  # noqa: ANN001, ANN202
+    """Processed data, split, and the tags of every run: lineage, and the setting of a suite run."""
     from gil.data.layout import ProcessedData, Split
     from gil.lineage import lineage_tags
+    from gil.settings import SETTING_TAG
 
+    processed, split_dir = _path(processed, PROCESSED, setting), _path(split_dir, SPLIT, setting)
     data, split = ProcessedData.load(processed), Split.load(split_dir)
-    return data, split, lineage_tags(config.dataset.path, processed, split_dir)
+    tags = lineage_tags(config.dataset.path, processed, split_dir)
+    if setting is not None:
+        tags[SETTING_TAG] = setting
+    return data, split, tags
 
 
 def _require_strategy(config, strategy: str) -> None:  # noqa: ANN001
@@ -146,19 +178,21 @@ def _require_strategy(config, strategy: str) -> None:  # noqa: ANN001
         )
 
 
+SeedOption = Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")]
+FreshOption = Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")]
+
+
 @app.command()
 def train(
     strategy: StrategyOption,
     params: ParamsOption = DEFAULT_PARAMS,
-    processed: ProcessedOption = Path("data/processed"),
-    split_dir: SplitOption = Path("data/split"),
+    processed: ProcessedOption = None,
+    split_dir: SplitOption = None,
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")
     ] = None,
-    seed: Annotated[
-        list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
-    ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+    seed: SeedOption = None,
+    fresh: FreshOption = False,
     base: Annotated[
         Path | None,
         typer.Option(
@@ -167,15 +201,16 @@ def train(
         ),
     ] = None,
     jobs: JobsOption = None,
+    setting: SettingOption = None,
 ) -> None:
     """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
     from gil.train.loop import train_strategy
 
-    config = _with_jobs(_config(params), jobs)
+    config = _with_jobs(_config(params, setting), jobs)
     _require_strategy(config, strategy)
     tracker = _tracker(config)
-    data, split, tags = _inputs(config, processed, split_dir)
-    out = out or Path("checkpoints") / strategy
+    data, split, tags = _inputs(config, processed, split_dir, setting)
+    out = _path(out, f"checkpoints/{strategy}", setting)
     results = train_strategy(
         config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags, fresh=fresh, base_dir=base
     )
@@ -193,43 +228,51 @@ def _print_speeds(name: str, results: dict) -> None:  # noqa: ANN001
 @app.command("train-base")
 def train_base_command(
     params: ParamsOption = DEFAULT_PARAMS,
-    processed: ProcessedOption = Path("data/processed"),
-    split_dir: SplitOption = Path("data/split"),
-    out: Annotated[Path, typer.Option(help="Checkpoint directory.")] = Path("checkpoints/base"),
-    seed: Annotated[
-        list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")
+    processed: ProcessedOption = None,
+    split_dir: SplitOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/base).")
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard existing checkpoints instead of resuming.")] = False,
+    seed: SeedOption = None,
+    fresh: FreshOption = False,
     jobs: JobsOption = None,
+    setting: SettingOption = None,
 ) -> None:
     """Train the strategy-independent base stage once per seed, to be shared by every strategy."""
     from gil.data.layout import ProcessedData, Split
     from gil.train.loop import train_base
 
-    config = _with_jobs(_config(params), jobs)
+    config = _with_jobs(_config(params, setting), jobs)
     results = train_base(
-        config, ProcessedData.load(processed), Split.load(split_dir), out, seeds=seed, fresh=fresh
+        config,
+        ProcessedData.load(_path(processed, PROCESSED, setting)),
+        Split.load(_path(split_dir, SPLIT, setting)),
+        _path(out, "checkpoints/base", setting),
+        seeds=seed,
+        fresh=fresh,
     )
     _print_speeds("base", results)
-
-
-ReferenceOption = Annotated[Path, typer.Option(help="Where to write the reference points.")]
-DEFAULT_REFERENCE = Path("metrics/reference.json")
 
 
 @app.command()
 def reference(
     params: ParamsOption = DEFAULT_PARAMS,
-    processed: ProcessedOption = Path("data/processed"),
-    split_dir: SplitOption = Path("data/split"),
-    out: ReferenceOption = DEFAULT_REFERENCE,
+    processed: ProcessedOption = None,
+    split_dir: SplitOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help=f"Where to write the reference points (default: {REFERENCE}).")
+    ] = None,
+    setting: SettingOption = None,
 ) -> None:
     """Reference points: per-gene-mean predictor loss per gene set, majority and raw-expression probes."""
     from gil.data.layout import ProcessedData, Split
     from gil.files import write_json
     from gil.reference import compute_reference
 
-    document = compute_reference(_config(params), ProcessedData.load(processed), Split.load(split_dir))
+    config = _config(params, setting)
+    data = ProcessedData.load(_path(processed, PROCESSED, setting))
+    document = compute_reference(config, data, Split.load(_path(split_dir, SPLIT, setting)))
+    out = _path(out, REFERENCE, setting)
     write_json(out, document)
     mse = ", ".join(f"{v:.3f}" for v in document["gene_mean_mse"])
     typer.echo(f"per-gene-mean predictor MSE per gene set: {mse} -> {out}")
@@ -242,38 +285,45 @@ def reference(
 def evaluate(
     strategy: StrategyOption,
     params: ParamsOption = DEFAULT_PARAMS,
-    processed: ProcessedOption = Path("data/processed"),
-    split_dir: SplitOption = Path("data/split"),
+    processed: ProcessedOption = None,
+    split_dir: SplitOption = None,
     checkpoints: Annotated[
         Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
     ] = None,
     reference_file: Annotated[
-        Path,
-        typer.Option("--reference", help="Reference points file (`gil reference`); computed here if absent."),
-    ] = DEFAULT_REFERENCE,
+        Path | None,
+        typer.Option(
+            "--reference",
+            help=f"Reference points file (`gil reference`, default: {REFERENCE}); computed here if absent.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
+    setting: SettingOption = None,
 ) -> None:
     """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
     from gil.evaluate import evaluate_strategy
     from gil.files import read_json, write_json
 
-    config = _config(params)
+    config = _config(params, setting)
     _require_strategy(config, strategy)
+    reference_file = _path(reference_file, REFERENCE, setting)
     # Absent (a run outside the pipeline): evaluate_strategy computes the same points itself.
     reference_document = read_json(reference_file) if reference_file.is_file() else None
     tracker = _tracker(config)
-    data, split, tags = _inputs(config, processed, split_dir)
+    data, split, tags = _inputs(config, processed, split_dir, setting)
     document = evaluate_strategy(
         config,
         strategy,
         data,
         split,
-        checkpoints or Path("checkpoints") / strategy,
+        _path(checkpoints, f"checkpoints/{strategy}", setting),
         tracker=tracker,
         tags=tags,
         reference=reference_document,
     )
-    out = out or Path("metrics") / f"{strategy}.json"
+    if setting is not None:
+        document = {"setting": setting, **document}
+    out = _path(out, f"metrics/{strategy}.json", setting)
     write_json(out, document)
     regression = document["regression"]
     typer.echo(
@@ -289,14 +339,40 @@ def report(
         typer.Argument(help="Metrics files (default: metrics/<name>.json for every name in 'benchmark')."),
     ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
-    out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("reports/benchmark.md"),
-    plots: Annotated[Path, typer.Option(help="Directory for the PNG figures.")] = Path("plots"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Markdown report (default: reports/benchmark.md, or reports/suite.md)."),
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Directory for the PNG figures (default: plots).")
+    ] = None,
+    setting: SettingOption = None,
+    suite: Annotated[
+        bool,
+        typer.Option(
+            "--suite",
+            help="Compare the strategies of every setting (suite/<setting>/metrics/): ranks per setting "
+            "and overall, Kendall's W; writes reports/suite.md, .json and its figure.",
+        ),
+    ] = False,
 ) -> None:
     """Write the paper-style benchmark table and figures from the strategies' metrics files."""
+    config = _config(params, setting)
+    if suite:
+        from gil.settings import SUITE_ROOT
+        from gil.suite import run_suite_report
+
+        out = out or Path("reports/suite.md")
+        settings = {name: entry.desc for name, entry in config.settings.items()}
+        summary = run_suite_report(settings, config.suite.strategies or config.benchmark, SUITE_ROOT, out)
+        order = ", ".join(row["strategy"] for row in summary["overall"])
+        typer.echo(f"overall order by mean delta over settings: {order}; wrote {out}")
+        return
     from gil.report import run_report
 
     if not metrics:
-        metrics = [Path("metrics") / f"{name}.json" for name in _config(params).benchmark]
+        metrics = [_path(None, f"metrics/{name}.json", setting) for name in config.benchmark]
+    out, plots = _path(out, "reports/benchmark.md", setting), _path(plots, "plots", setting)
     run_report(metrics, out, plots)
     typer.echo(f"wrote {out} and figures in {plots}/")
 
@@ -304,7 +380,9 @@ def report(
 @app.command()
 def leaderboard(
     params: ParamsOption = DEFAULT_PARAMS,
-    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "forgetting",
+    metric: Annotated[
+        str | None, typer.Option(help="Metric to rank by (default: forgetting; delta with --suite).")
+    ] = None,
     tiebreak: Annotated[str, typer.Option(help="Second ranking metric.")] = "final_mse",
     descending: Annotated[bool, typer.Option(help="Higher is better (accuracy-like metrics).")] = False,
     out: Annotated[Path, typer.Option(help="Directory for leaderboard.md and .csv.")] = Path("reports"),
@@ -317,21 +395,36 @@ def leaderboard(
             help="With tracking.enabled false, write a placeholder instead of failing (for the DVC pipeline)."
         ),
     ] = False,
+    suite: Annotated[
+        bool,
+        typer.Option(
+            "--suite",
+            help="Rank the suite's strategies per setting and overall (mean over settings, mean rank); "
+            "writes suite_leaderboard.md and .csv.",
+        ),
+    ] = False,
 ) -> None:
     """Rank strategies from the tracking server (mean ± std over seeds) and print the table."""
     config = _config(params)
+    names = ("suite_leaderboard", "reports/suite.md") if suite else ("leaderboard", "reports/benchmark.md")
     if not config.tracking.enabled:
         if not skip_if_disabled:
             raise GilError(
                 "tracking is disabled (tracking.enabled: false) and the leaderboard is read from "
-                "MLflow; enable tracking, or read reports/benchmark.md"
+                f"MLflow; enable tracking, or read {names[1]}"
             )
         from gil.files import write_text
 
-        note = "Tracking is disabled (tracking.enabled: false): no leaderboard. See reports/benchmark.md.\n"
-        write_text(out / "leaderboard.md", note)
-        write_text(out / "leaderboard.csv", "")
+        note = f"Tracking is disabled (tracking.enabled: false): no leaderboard. See {names[1]}.\n"
+        write_text(out / f"{names[0]}.md", note)
+        write_text(out / f"{names[0]}.csv", "")
         typer.echo(note.strip())
+        return
+    if suite:
+        from gil.tracking.leaderboard import run_suite_leaderboard
+
+        experiment = config.suite_experiment_name()
+        typer.echo(run_suite_leaderboard(config.tracking, experiment, metric or "delta", out))
         return
     from gil.report import FORGETTING_CURVES_PNG
     from gil.tracking.leaderboard import run_leaderboard
@@ -339,8 +432,8 @@ def leaderboard(
     typer.echo(
         run_leaderboard(
             config.tracking,
-            f"gil-{config.dataset.name}",
-            metric,
+            config.experiment_name(),
+            metric or "forgetting",
             out,
             tiebreak,
             descending,
@@ -364,7 +457,7 @@ def ui(
     from gil.tracking.ui import run_ui
 
     config = _config(params)
-    experiment = config.tracking.experiment or f"gil-{config.dataset.name}"
+    experiment = config.experiment_name()
     run_ui(config.tracking, experiment, host, port, open_browser)
 
 

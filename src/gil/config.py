@@ -228,6 +228,36 @@ class TrackingConfig(Section):
     on_unreachable: Literal["fail", "disable"] = "fail"
 
 
+class SettingConfig(Section):
+    """One setting of a suite: overrides of ``dataset``, ``prepare`` and ``split`` (see :mod:`gil.settings`).
+
+    The overrides are kept as raw mappings here and validated once merged into the whole config,
+    so that a typo names its full key (``split.genes.methd``) like any other.
+    """
+
+    desc: str = ""
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    prepare: dict[str, Any] = Field(default_factory=dict)
+    split: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> SettingConfig:
+        if "path" in self.dataset:
+            raise ValueError(
+                "a suite runs on one dataset (dataset.path, a dependency of its pipeline); "
+                "remove dataset.path here and write a second params file for another dataset"
+            )
+        return self
+
+
+class SuiteConfig(Section):
+    """What every setting of the suite trains: its strategies and its training overrides."""
+
+    strategies: list[str] = Field(default_factory=list, description="default: the benchmark list")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of 'train' for the suite")
+    experiment: str | None = Field(None, description="MLflow experiment (default: <benchmark's>-suite)")
+
+
 class Config(Section):
     """The whole ``params.yaml``."""
 
@@ -242,6 +272,8 @@ class Config(Section):
     benchmark: list[str] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
     sweep: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, SettingConfig] = Field(default_factory=dict)
+    suite: SuiteConfig = SuiteConfig()
 
     @model_validator(mode="after")
     def _reference_is_not_a_strategy_name(self) -> Config:
@@ -254,12 +286,23 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _benchmark_names_exist(self) -> Config:
-        unknown = [name for name in self.benchmark if name not in self.strategies]
-        if unknown:
-            raise ValueError(
-                f"benchmark: {unknown} are not entries of 'strategies'; add them there or remove them"
-            )
+        for key, names in (("benchmark", self.benchmark), ("suite.strategies", self.suite.strategies)):
+            unknown = [name for name in names if name not in self.strategies]
+            if unknown:
+                raise ValueError(
+                    f"{key}: {unknown} are not entries of 'strategies'; add them there or remove them"
+                )
         return self
+
+    def experiment_name(self) -> str:
+        """The MLflow experiment of this config's runs: ``tracking.experiment`` or ``gil-<dataset>``."""
+        return self.tracking.experiment or f"gil-{self.dataset.name}"
+
+    def suite_experiment_name(self) -> str:
+        """The MLflow experiment of the suite's runs (see :func:`gil.settings.suite_experiment`)."""
+        from gil.settings import suite_experiment
+
+        return suite_experiment(self.model_dump(mode="json"))
 
 
 def _format_validation_error(error: ValidationError, source: Path) -> str:
@@ -277,22 +320,44 @@ def _format_validation_error(error: ValidationError, source: Path) -> str:
     return f"{source}: {key}: {message}{shown}" if key else f"{source}: {message}"
 
 
-def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS) -> Config:
-    """Validate a parsed params mapping; raise :class:`GilError` naming the first bad key."""
-    if not isinstance(raw, dict):
-        raise GilError(f"{source}: expected a mapping of sections at the top level")
+def _validated(raw: dict[str, Any], source: Path | str) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise GilError(_format_validation_error(error, source)) from None
+        raise GilError(_format_validation_error(error, Path(source))) from None
     from gil.strategies import validate_strategy_entries
 
-    validate_strategy_entries(config.strategies, source)
+    validate_strategy_entries(config.strategies, Path(source))
     return config
 
 
-def load_config(path: Path | str = DEFAULT_PARAMS) -> Config:
-    """Read and validate ``params.yaml`` (or another file)."""
+def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS, setting: str | None = None) -> Config:
+    """Validate a parsed params mapping; raise :class:`GilError` naming the first bad key.
+
+    Every setting of the suite is validated too (merged into the whole config), so that a bad
+    override fails every command, not only the suite's. With ``setting``, the config of that
+    setting is returned (:func:`gil.settings.resolve_setting`).
+    """
+    if not isinstance(raw, dict):
+        raise GilError(f"{source}: expected a mapping of sections at the top level")
+    config = _validated(raw, source)
+    from gil.settings import resolve_setting
+
+    resolved = {
+        name: _validated(resolve_setting(raw, name), f"{source} (setting {name})") for name in config.settings
+    }
+    if setting is None:
+        return config
+    if setting not in resolved:
+        known = ", ".join(resolved) or "none: add a 'settings' section"
+        raise GilError(
+            f"unknown setting {setting!r}; choose one of the entries of 'settings' in {source} ({known})"
+        )
+    return resolved[setting]
+
+
+def load_config(path: Path | str = DEFAULT_PARAMS, setting: str | None = None) -> Config:
+    """Read and validate ``params.yaml`` (or another file), as the given suite ``setting`` if any."""
     path = Path(path)
     if not path.is_file():
         raise GilError(f"params file {path} not found; pass --params PATH or run from the project root")
@@ -302,7 +367,7 @@ def load_config(path: Path | str = DEFAULT_PARAMS) -> Config:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise GilError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    return config_from_dict(raw, path)
+    return config_from_dict(raw, path, setting)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -317,17 +382,28 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_NOT_RUN_IDENTITY = {
+    "strategies",
+    "benchmark",
+    "tracking",
+    "sweep",
+    "evaluate",
+    "compute",
+    "settings",
+    "suite",
+}
+
+
 def run_params(config: Config, strategy_name: str) -> dict[str, Any]:
     """The resolved, flattened config that one strategy's runs depend on.
 
-    Other strategies' entries, the benchmark list, tracking, sweep and compute settings are left
-    out, so that changing them does not change this strategy's run identity; so are the evaluation
+    Other strategies' entries, the benchmark list, tracking, sweep, compute and the suite's
+    sections are left out (a setting's overrides are already merged into ``split`` and ``train``),
+    so that changing them does not change this strategy's run identity; so are the evaluation
     settings: a re-evaluation reports on the runs that training opened (its settings go to tags,
     see :func:`evaluation_tags`).
     """
-    raw = config.model_dump(
-        mode="json", exclude={"strategies", "benchmark", "tracking", "sweep", "evaluate", "compute"}
-    )
+    raw = config.model_dump(mode="json", exclude=_NOT_RUN_IDENTITY)
     raw["model"] = {**raw["model"], **config.model.resolved()}
     raw["strategy"] = {"name": strategy_name, **config.strategies[strategy_name].model_dump(mode="json")}
     return flatten(raw)

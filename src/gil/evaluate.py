@@ -25,7 +25,7 @@ import numpy as np
 from gil.config import Config, evaluation_tags, run_params
 from gil.data.layout import ProcessedData, Split, Task
 from gil.files import finite_or_none, write_json
-from gil.metrics import final_skill, mean_std, new_set_skill, skill, summarize
+from gil.metrics import delta_per_set, final_skill, mean_std, new_set_skill, skill, summarize
 from gil.metrics.probes import ProbeResult, paired_delta
 from gil.metrics.regression import RegressionRow
 from gil.reference import check_reference, compute_reference
@@ -72,6 +72,7 @@ class SeedEvaluation:
             "skill": skill(self.mse, baseline),
             "seen_mse": self.seen_mse,
             **summarize(self.mse),
+            "delta_per_set": delta_per_set(self.mse),
             "skill_new": new_set_skill(self.mse, baseline),
             "skill_final": final_skill(self.mse, baseline),
         }
@@ -194,10 +195,10 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean matrices and ``*_mean``/``*_std`` summaries over seeds."""
     seeds = list(per_seed.values())
     regression: dict[str, Any] = {}
-    for key in ("matrix", "matrix_per_gene", "pearson", "skill"):
+    for key in ("matrix", "matrix_per_gene", "pearson", "skill", "delta_per_set"):
         stack = np.stack([np.asarray(s["regression"][key], dtype=float) for s in seeds])
         regression[key], std = _mean_and_std(stack)
-        if key in ("matrix", "skill"):
+        if key in ("matrix", "skill", "delta_per_set"):
             regression[f"{key}_std"] = std
     for name in (*SUMMARY_NAMES, "intransigence"):
         mean, std = mean_std([s["regression"][name] for s in seeds])
@@ -248,6 +249,9 @@ def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
     """The parent-run metrics of one seed, with stable names that sort well in the MLflow UI."""
     regression = seed_summary["regression"]
     metrics = {name: regression[name] for name in SUMMARY_NAMES}
+    # Named by gene set (delta_T1 = forgetting of T1 after the last stage) when Δ averages several.
+    if len(regression["delta_per_set"]) > 1:
+        metrics |= {f"delta_T{j}": value for j, value in enumerate(regression["delta_per_set"], 1)}
     metrics["probe_delta"] = seed_summary["probe"]["delta"]
     metrics["probe_delta_se"] = seed_summary["probe"]["delta_se"]
     metrics["optimizer_steps"] = seed_summary["compute"]["optimizer_steps_incremental"]

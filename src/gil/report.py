@@ -132,10 +132,10 @@ def _checked(metrics_by_strategy: Mapping[str, Metrics]) -> list[str]:
             f"strategies were evaluated on different gene sets {sorted(gene_sets)}; "
             "report only metrics from the same split"
         )
-    return _report_order(metrics_by_strategy)
+    return report_order(metrics_by_strategy)
 
 
-def _report_order(metrics_by_strategy: Mapping[str, Metrics]) -> list[str]:
+def report_order(metrics_by_strategy: Mapping[str, Metrics]) -> list[str]:
     """Baseline first, then the other methods by increasing Δ (least forgetting first), the joint oracle
     last; ties and undefined Δ by name. Mirrors the paper's Baseline / methods / Oracle layout."""
 
@@ -199,7 +199,7 @@ def _stage_labels(n_rows: int) -> list[str]:
 # Figures
 
 
-def _new_figure(
+def new_figure(
     n_panels: int, panel_size: tuple[float, float], legend_width: float = 0.0
 ) -> tuple[Figure, list[Axes]]:
     """A figure with ``n_panels`` side-by-side axes on its own Agg canvas (plus room for a legend)."""
@@ -211,7 +211,7 @@ def _new_figure(
     return figure, list(figure.subplots(1, n_panels, squeeze=False)[0])
 
 
-def _save_png(figure: Figure, path: Path | str) -> None:
+def save_png(figure: Figure, path: Path | str) -> None:
     """Write ``figure`` as a PNG atomically, without the matplotlib version stamp."""
     with atomic_file(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
@@ -223,7 +223,7 @@ def _outside_legend(figure: Figure, axes: Axes) -> None:
     figure.legend(handles, labels, title="strategy", fontsize=8, loc="outside right upper")
 
 
-def _strategy_colors(names: Sequence[str]) -> dict[str, str]:
+def strategy_colors(names: Sequence[str]) -> dict[str, str]:
     """One fixed colour per strategy, so a strategy looks the same in every panel."""
     return {name: f"C{index % 10}" for index, name in enumerate(names)}
 
@@ -243,7 +243,7 @@ def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
         values = np.vstack([values, baseline])
         stds = None if stds is None else np.vstack([stds, np.full(len(gene_sets), np.nan)])
         row_labels = [*row_labels, "gene-mean\npredictor"]
-    figure, (axes,) = _new_figure(1, (1.3 * len(gene_sets) + 2.5, 1.0 * len(row_labels) + 1.5))
+    figure, (axes,) = new_figure(1, (1.3 * len(gene_sets) + 2.5, 1.0 * len(row_labels) + 1.5))
     colormap = matplotlib.colormaps["viridis_r"].with_extremes(bad="white")
     image = axes.imshow(np.ma.masked_invalid(values), cmap=colormap)
     figure.colorbar(image, ax=axes, label="masked-value MSE (lower is better)")
@@ -261,7 +261,7 @@ def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
     axes.set_xlabel("gene set")
     axes.set_ylabel("after stage")
     axes.set_title(f"{metrics['strategy']}: results matrix R")
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Path | str) -> None:
@@ -270,8 +270,8 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
     names = _checked(metrics_by_strategy)
     gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
     n_old = len(gene_sets) - 1  # the last gene set has a single point: nothing to forget yet
-    colors = _strategy_colors(names)
-    figure, panels = _new_figure(n_old, (4.0, 3.2), legend_width=2.0)
+    colors = strategy_colors(names)
+    figure, panels = new_figure(n_old, (4.0, 3.2), legend_width=2.0)
     for gene_set_index, axes in enumerate(panels):
         stages = np.arange(gene_set_index, len(gene_sets))
         for name in names:
@@ -294,7 +294,7 @@ def plot_forgetting_curves(metrics_by_strategy: Mapping[str, Metrics], path: Pat
         axes.set_xlabel("after stage")
         axes.set_ylabel(f"MSE on {gene_sets[gene_set_index]}")
     _outside_legend(figure, panels[-1])
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 def plot_ranking(
@@ -302,16 +302,16 @@ def plot_ranking(
 ) -> None:
     """Horizontal bars of ``metric`` (mean ± std over seeds) per strategy, best at the top: the
     leaderboard at a glance, for the leaderboard run in MLflow."""
-    figure, (axes,) = _new_figure(1, (6.0, 0.5 * len(names) + 1.5))
+    figure, (axes,) = new_figure(1, (6.0, 0.5 * len(names) + 1.5))
     positions = np.arange(len(names))
     errors = [0.0 if math.isnan(std) else std for std in stds]
-    axes.barh(positions, means, xerr=errors, capsize=3, color=list(_strategy_colors(names).values()))
+    axes.barh(positions, means, xerr=errors, capsize=3, color=list(strategy_colors(names).values()))
     axes.set_yticks(positions, [f"{rank}. {name}" for rank, name in enumerate(names, start=1)])
     axes.invert_yaxis()
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.set_xlabel(f"{metric} (mean ± std over seeds)")
     axes.set_title(f"Leaderboard by {metric}")
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path | str) -> None:
@@ -323,9 +323,9 @@ def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path |
     for name in names:
         for task, result in _probe_tasks(metrics_by_strategy[name], name).items():
             tasks.setdefault(task, result["learned_at"])
-    colors = _strategy_colors(names)
+    colors = strategy_colors(names)
     stage_labels = _stage_labels(len(metrics_by_strategy[names[0]]["gene_sets"]))
-    figure, panels = _new_figure(max(len(tasks), 1), (4.5, 3.2), legend_width=2.2)
+    figure, panels = new_figure(max(len(tasks), 1), (4.5, 3.2), legend_width=2.2)
     if not tasks:
         panels[0].text(0.5, 0.5, "no probe results in the metrics", ha="center", va="center")
         panels[0].set_axis_off()
@@ -364,7 +364,7 @@ def plot_probe_accuracy(metrics_by_strategy: Mapping[str, Metrics], path: Path |
         axes.set_ylabel("probe accuracy")
     if tasks:
         _outside_legend(figure, panels[0])
-    _save_png(figure, path)
+    save_png(figure, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -601,7 +601,7 @@ def run_report(metrics_paths: Sequence[Path | str], out_md: Path | str, plots_di
     curves and probe accuracy figures into ``plots_dir``, and the Markdown report linking them to
     ``out_md``. Raises :class:`GilError` when no file is given or one is missing or malformed."""
     metrics_by_strategy = with_intransigence(load_metrics(metrics_paths))
-    names = _report_order(metrics_by_strategy)
+    names = report_order(metrics_by_strategy)
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     figures: dict[str, str] = {}
 

@@ -64,19 +64,28 @@ def _n_stages(matrix: NDArray[np.float64]) -> int:
     return matrix.shape[0] - 1
 
 
-def delta(results: ArrayLike) -> float:
-    """The paper's forgetting Δ on the stage gene sets other than the last.
+def delta_per_set(results: ArrayLike) -> NDArray[np.float64]:
+    """The forgetting of each earlier stage gene set: ``[R[n][j] - R[j][j] for j = 1..n-1]``.
 
-    ``Δ = mean_{j=1..n-1} (R[n][j] - R[j][j])``: loss on ``T_j`` after the last stage minus loss on
-    ``T_j`` right after stage ``j``. Larger = more forgetting; negative = the loss kept improving.
-    ``T_n`` is excluded (it was just learned) and so is ``B`` (see :func:`base_delta`).
-    Returns NaN when ``n < 2``: with a single incremental stage there is no earlier stage gene set.
+    With more than two stages the paper's Δ averages these; a reader also wants to see whether the
+    oldest set is forgotten most. Empty when ``n < 2``.
     """
     matrix = as_results_matrix(results)
     n = _n_stages(matrix)
-    if n < 2:
-        return math.nan
-    return float(np.mean(matrix[n, 1:n] - np.diagonal(matrix)[1:n]))
+    return matrix[n, 1:n] - np.diagonal(matrix)[1:n]
+
+
+def delta(results: ArrayLike) -> float:
+    """The paper's forgetting Δ on the stage gene sets other than the last.
+
+    ``Δ = mean_{j=1..n-1} (R[n][j] - R[j][j])`` (the mean of :func:`delta_per_set`): loss on ``T_j``
+    after the last stage minus loss on ``T_j`` right after stage ``j``. Larger = more forgetting;
+    negative = the loss kept improving. ``T_n`` is excluded (it was just learned) and so is ``B``
+    (see :func:`base_delta`). NaN when ``n < 2``: with a single incremental stage there is no earlier
+    stage gene set.
+    """
+    per_set = delta_per_set(results)
+    return float(np.mean(per_set)) if per_set.size else math.nan
 
 
 def base_delta(results: ArrayLike) -> float:

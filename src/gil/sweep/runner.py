@@ -206,7 +206,7 @@ def _sweep_tracking(
         warnings.warn(f"{error}; tracking is disabled for this sweep", stacklevel=3)
         yield None
         return
-    experiment_id = ensure_experiment(uri, config.tracking.experiment or f"gil-{config.dataset.name}")
+    experiment_id = ensure_experiment(uri, config.experiment_name())
     root = sqlite_artifact_root(uri)
     server = None
     if root is not None and max_concurrent > 1:

@@ -37,6 +37,8 @@ from gil.config import TrackingConfig
 from gil.errors import GilError
 from gil.files import atomic_file, write_text
 from gil.report import plot_ranking
+from gil.settings import SETTING_TAG
+from gil.suite import kendall_w, rank_overall, rank_per_setting, rank_table, suite_table
 from gil.tracking.mlflow_tracker import (
     KIND_PARENT,
     TAG_KIND,
@@ -325,3 +327,65 @@ def run_leaderboard(
     link = leaderboard_url(ui_address(uri), experiment_id)
     where = "" if is_http(uri) else " (start it with `gil ui`)"
     return f"{format_table(table)}\nIn the MLflow UI{where}: {link}\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The suite: strategies ranked per setting and over settings (gil.suite)
+
+
+def fetch_suite_runs(uri: str, experiment: str) -> pd.DataFrame:
+    """One row per current parent run of the suite: ``setting``, ``strategy``, ``seed``, its metrics."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = _search_all(client, _experiment_id(client, uri, experiment), _CURRENT_PARENTS)
+    rows = [
+        {
+            "setting": run.data.tags[SETTING_TAG],
+            "strategy": run.data.tags[TAG_STRATEGY],
+            "seed": run.data.tags[TAG_SEED],
+            **run.data.metrics,
+        }
+        for run in runs
+        if SETTING_TAG in run.data.tags
+    ]
+    if not rows:
+        raise GilError(
+            f"MLflow experiment {experiment!r} has no finished suite runs (tagged {SETTING_TAG}) yet; "
+            "run `dvc repro pipelines/suite/dvc.yaml` first"
+        )
+    return pd.DataFrame(rows)
+
+
+def run_suite_leaderboard(config: TrackingConfig, experiment: str, metric: str, out_dir: Path) -> str:
+    """Rank the suite's strategies by ``metric`` per setting and overall from MLflow; write
+    ``suite_leaderboard.md`` and ``suite_leaderboard.csv`` (the overall ranking) to ``out_dir``, log
+    them on the suite experiment's ``leaderboard`` run; return the Markdown."""
+    uri = resolve_tracking_uri(config)
+    check_reachable(uri)
+    per_seed = fetch_suite_runs(uri, experiment)
+    if metric not in per_seed.columns:
+        available = ", ".join(sorted(set(per_seed.columns) - {"setting", "strategy", "seed"}))
+        raise GilError(f"no suite run of {experiment!r} has metric {metric!r}; available: {available}")
+    per_setting = rank_per_setting(per_seed, metric)
+    overall = rank_overall(per_setting)
+    settings = sorted(per_seed["setting"].unique())
+    order = overall["strategy"].tolist()
+    markdown = (
+        f"# Suite leaderboard: {experiment}\n\n"
+        f"`{metric}` per setting (mean ± std over seeds, lower is better); rows ranked by its mean over "
+        "settings (avg; spread = sample std over settings), then by mean rank.\n\n"
+        + suite_table(per_setting, settings, order)
+        + "\nRank per setting:\n\n"
+        + rank_table(per_setting, settings, order)
+        + f"\nKendall's W over settings: {kendall_w(per_setting):.2f}\n"
+    )
+    markdown_path, csv_path = out_dir / "suite_leaderboard.md", out_dir / "suite_leaderboard.csv"
+    write_text(markdown_path, markdown)
+    with atomic_file(csv_path) as tmp:
+        overall.to_csv(tmp, index=False, float_format="%.10g")
+    client = MlflowClient(tracking_uri=uri)
+    run_id = _leaderboard_run_id(client, _experiment_id(client, uri, experiment))
+    for path in (markdown_path, csv_path):
+        client.log_artifact(run_id, str(path))
+    client.set_tag(run_id, "gil.leaderboard.metric", metric)
+    client.set_terminated(run_id, "FINISHED")
+    return markdown

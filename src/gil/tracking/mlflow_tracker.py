@@ -62,6 +62,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
+from gil.settings import SETTING_TAG
 from gil.tracking.base import NullTracker, Tracker
 from gil.tracking.server import check_reachable, resolve_tracking_uri, sqlite_artifact_root
 
@@ -71,6 +72,7 @@ TAG_SEED = "gil.seed"
 TAG_CONFIG_HASH = "gil.config_hash"
 TAG_SUPERSEDED = "gil.superseded"
 TAG_STAGE = "gil.stage"
+TAG_SETTING = SETTING_TAG
 TAG_PARENT = MLFLOW_PARENT_RUN_ID
 KIND_PARENT = "parent"
 KIND_STAGE = "stage"
@@ -97,13 +99,15 @@ def config_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def registered_model_name(experiment: str, strategy: str) -> str:
+def registered_model_name(experiment: str, strategy: str, setting: str | None = None) -> str:
     """The registered model that collects the stage models of ``strategy`` in ``experiment``.
 
     ``gil-<dataset>-<strategy>``: the default experiment ``gil-<dataset>`` already carries the
-    ``gil-`` prefix, which is not doubled (``gil-zeisel`` → ``gil-zeisel-replay``).
+    ``gil-`` prefix, which is not doubled (``gil-zeisel`` → ``gil-zeisel-replay``). A suite's run
+    adds its setting (``gil-zeisel-suite-reverse-replay``): settings must not share aliases.
     """
-    return f"gil-{_safe_name(experiment.removeprefix('gil-'))}-{_safe_name(strategy)}"
+    parts = [experiment.removeprefix("gil-"), *([setting] if setting else []), strategy]
+    return "gil-" + "-".join(_safe_name(part) for part in parts)
 
 
 def stage_alias(seed: int | str, stage: int | str) -> str:
@@ -247,6 +251,7 @@ class MlflowTracker:
             TAG_STRATEGY: strategy,
             TAG_SEED: str(seed),
             TAG_CONFIG_HASH: config_hash(params),
+            **({TAG_SETTING: tags[TAG_SETTING]} if TAG_SETTING in tags else {}),
         }
         current = self._search({**identity, TAG_SUPERSEDED: "false"}, order_by=["attributes.start_time DESC"])
         self._identity = identity
@@ -310,7 +315,7 @@ class MlflowTracker:
             self.begin_stage(stage)
         parent_tags = self._require_parent().data.tags
         registered = (
-            registered_model_name(self.experiment, parent_tags[TAG_STRATEGY])
+            registered_model_name(self.experiment, parent_tags[TAG_STRATEGY], parent_tags.get(TAG_SETTING))
             if self.register_models
             else None
         )
