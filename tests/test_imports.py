@@ -17,6 +17,8 @@ CORE = [
     "gil.evaluate",
     "gil.metrics",
     "gil.report",
+    "gil.settings",
+    "gil.suite",
     "gil.sweep.space",
     "gil.sweep.selection",
     "gil.tracking.base",

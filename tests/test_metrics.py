@@ -19,6 +19,7 @@ from gil.metrics import (
     backward_transfer,
     base_delta,
     delta,
+    delta_per_set,
     final_loss,
     forgetting,
     intransigence,
@@ -103,6 +104,13 @@ def test_matrix_metric_by_hand(function, matrix, expected) -> None:
 
 def test_delta_is_nan_with_one_incremental_stage() -> None:
     assert math.isnan(delta(R1))
+    assert delta_per_set(R1).size == 0
+
+
+def test_delta_per_set_by_hand() -> None:
+    # R[n][j] - R[j][j] for j = 1..n-1: T1 0.57 - 0.50, T2 0.40 - 0.42 (the oldest set is forgotten most)
+    np.testing.assert_allclose(delta_per_set(R3), [0.07, -0.02], atol=1e-12)
+    np.testing.assert_allclose(delta_per_set(R2), [0.16], atol=1e-12)
 
 
 def test_plasticity_per_stage_is_the_diagonal_after_the_base_stage() -> None:

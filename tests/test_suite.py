@@ -83,6 +83,27 @@ def test_bad_settings_are_refused_naming_the_key(tiny_params) -> None:
         config_from_dict(params)
 
 
+def test_cli_setting_paths_and_unknown_setting(
+    tiny_params, write_params, run_cli, tmp_path, monkeypatch
+) -> None:
+    """``--setting`` puts a command's default paths under suite/<setting>/; an unknown setting is one
+    line and exit 2, writing nothing."""
+    monkeypatch.chdir(tmp_path)
+    params = write_params(_with_settings(tiny_params))
+    result = run_cli("split", "-p", params, "--setting", "nope")
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "unknown setting 'nope'" in result.stderr
+    assert not (tmp_path / "suite").exists()
+    assert run_cli("prepare", "-p", params, "--setting", "three").code == 0
+    assert run_cli("split", "-p", params, "--setting", "three").code == 0
+    gene_sets = json.loads((tmp_path / "suite" / "three" / "data" / "split" / "gene_sets.json").read_text())
+    assert [s["name"] for s in gene_sets["sets"]] == [
+        "B",
+        "T1",
+        "T2",
+        "T3",
+    ]  # the setting's three stages, in its own directory
+
+
 def test_resolve_setting_leaves_the_raw_params_unchanged(tiny_params) -> None:
     params = _with_settings(tiny_params)
     before = json.dumps(params, sort_keys=True)

@@ -192,6 +192,30 @@ def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -
     }
 
 
+def test_settings_of_a_suite_are_separate_identities_and_models(sqlite_uri: str, experiment: str) -> None:
+    """Two settings may share every param (e.g. one differs only in its data): neither run supersedes
+    the other, resuming finds each setting's own run, and their models do not share aliases."""
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    runs = {}
+    for setting in ("reverse", "long"):
+        tracker.begin_run("replay", 0, {"lr": 0.001}, {"gil.setting": setting}, resume=False)
+        tracker.begin_stage(0)
+        tracker.log_stage_model(0, tiny_model(seed=len(setting)), ["Gad1", "Mbp"])
+        runs[setting] = tracker.parent_run_id
+        tracker.end_run()
+    for setting, run_id in runs.items():
+        assert tracker.client.get_run(run_id).data.tags["gil.superseded"] == "false"
+        tracker.begin_run("replay", 0, {"lr": 0.001}, {"gil.setting": setting}, resume=True)
+        assert tracker.parent_run_id == run_id
+        tracker.end_run()
+        name = registered_model_name(experiment, "replay", setting)
+        assert name.endswith(f"-{setting}-replay") and name != registered_model_name(experiment, "replay")
+        version = tracker.client.get_model_version_by_alias(name, "seed0-stage0")
+        assert (
+            tracker.client.get_run(version.run_id).data.tags["mlflow.parentRunId"] == run_id
+        )  # its stage run
+
+
 def test_a_failed_rerun_leaves_the_last_good_run_current(sqlite_uri: str, experiment: str) -> None:
     tracker = MlflowTracker(sqlite_uri, experiment)
     good = record_run(tracker, "ewc", 0, {"forgetting": 0.3})
