@@ -173,6 +173,18 @@ def test_rank_overall_by_hand() -> None:
     assert overall["rank"].to_dict() == {"b": 1, "a": 2, "c": 3}
 
 
+def test_equal_means_over_settings_are_ordered_by_mean_rank() -> None:
+    per_seed = pd.DataFrame(
+        [("s1", "x", "0", 0.5), ("s1", "y", "0", 0.0), ("s1", "z", "0", 0.1)]
+        + [("s2", "x", "0", 0.0), ("s2", "y", "0", 0.5), ("s2", "z", "0", 0.6)],
+        columns=["setting", "strategy", "seed", "delta"],
+    )
+    overall = rank_overall(rank_per_setting(per_seed))
+    # x and y both average 0.25 (exactly); mean ranks x (3 + 1) / 2 = 2, y (1 + 2) / 2 = 1.5: y first.
+    assert overall["strategy"].tolist() == ["y", "x", "z"]
+    assert overall["mean_rank"].tolist() == [1.5, 2.0, 2.5]
+
+
 def test_kendall_w_by_hand() -> None:
     per_setting = rank_per_setting(PER_SEED)
     # rank sums: a 2+3+1.5 = 6.5, b 1+1+1.5 = 3.5, c 3+2+3 = 8; mean 6; S = 0.25 + 6.25 + 4 = 10.5
