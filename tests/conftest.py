@@ -35,7 +35,7 @@ def _tiny_params(h5ad: Path) -> dict:
                 {"name": "group1", "label": "cell_type", "column": "group", "values": ["group1"]},
             ],
         },
-        "model": {"preset": "tiny"},
+        "model": {"preset": "tiny", "init": {"from": "random"}},  # dvc.yaml's prepare/split need the key
         "train": {"seeds": [0], "epochs_per_stage": 1, "batch_size": 16, "warmup_steps": 0},
         "strategies": {},
         "benchmark": [],
@@ -169,12 +169,15 @@ def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-def build_tiny_project(repo: Path, h5ad: Path) -> dict:
+def build_tiny_project(
+    repo: Path, h5ad: Path, customise: Callable[[dict, Path], None] | None = None
+) -> dict:
     """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new git + DVC repo ``repo``.
 
     The project's ``dvc.yaml`` and copies of the source directories it depends on; tiny params with
-    tracking to ``repo/mlruns/mlflow.db``; a local DVC remote beside the repo. Returns the
-    environment the commands ran with.
+    tracking to ``repo/mlruns/mlflow.db``; a local DVC remote beside the repo. ``customise(params,
+    repo)`` may change the params and add files before the first commit. Returns the environment
+    the commands ran with.
     """
     import shutil
 
@@ -203,6 +206,8 @@ def build_tiny_project(repo: Path, h5ad: Path) -> dict:
         "uri": f"sqlite:///{repo}/mlruns/mlflow.db",
         "register_models": False,
     }
+    if customise is not None:
+        customise(params, repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for source in _source_deps(pipeline):  # dvc.yaml depends on these files of the project
         target = repo / source

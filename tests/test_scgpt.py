@@ -257,3 +257,43 @@ def test_train_base_keeps_the_pretrained_model_as_stage_zero(
     assert torch.equal(payload["model"]["mvc_cell.weight"], state["mvc_decoder.W.weight"].t())
     assert payload["model_sizes"]["activation"] == "relu"
     assert yaml.safe_load(yaml.safe_dump(params))  # params stay plain YAML (a path, not an object)
+
+
+@pytest.mark.slow
+def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path) -> None:
+    """``dvc repro`` with finetune and replay from an scGPT checkpoint knowing half of the genes."""
+    import mlflow
+    from conftest import build_tiny_project
+
+    from gil.scgpt_dir import identity
+
+    def customise(params: dict, repo: Path) -> None:
+        write_scgpt_dir(repo / "pretrained", HALF, layout="flash")
+        params["model"] = {"preset": "tiny", "init": {"from": "scgpt", "path": "pretrained"}}
+        params["split"]["genes"] = {"method": "new_to_model", "assign": "importance"}
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    build_tiny_project(repo, synthetic_h5ad, customise)
+    split = Split.load(repo / "data" / "split")
+    sets = dict(split.gene_sets)
+    assert all(gene.upper() in HALF for gene in sets["B"]) and all(g.upper() not in HALF for g in sets["T1"] + sets["T2"])
+    state = torch.load(repo / "pretrained" / "best_model.pt", weights_only=True)
+    rows = scgpt_vocab(HALF)
+    base = torch.load(repo / "checkpoints" / "base" / "seed_0" / "stage_0.pt", weights_only=True)
+    table = base["model"]["gene_embedding.weight"]
+    assert table.shape[0] == 2 + len(sets["B"])  # stage 0: the known genes only
+    for token, gene in enumerate(sets["B"], start=2):  # stage 0 is the imported model, bit for bit
+        assert torch.equal(table[token], state["encoder.embedding.weight"][rows[gene.upper()]])
+    assert torch.equal(base["model"]["layers.0.qkv.weight"], state["transformer_encoder.layers.0.self_attn.Wqkv.weight"])
+    for name in ("finetune", "replay"):
+        stage_1 = torch.load(repo / "checkpoints" / name / "seed_0" / "stage_1.pt", weights_only=True)
+        assert stage_1["model"]["gene_embedding.weight"].shape[0] == 2 + len(sets["B"]) + len(sets["T1"])
+        metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
+        assert len(metrics["regression"]["matrix"]) == 3
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`gil.kind` = 'parent'")
+    assert set(runs["tags.gil.strategy"]) == {"finetune", "replay"}
+    assert set(runs["params.model.init.state_sha256"]) == {identity(repo / "pretrained")["state_sha256"]}
+    assert set(runs["params.model.activation"]) == {"relu"}
+    assert "cls_decoder.0.weight" in runs["params.model.init.dropped_keys"].iloc[0]
