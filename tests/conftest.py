@@ -169,9 +169,7 @@ def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-def build_tiny_project(
-    repo: Path, h5ad: Path, customise: Callable[[dict, Path], None] | None = None
-) -> dict:
+def build_tiny_project(repo: Path, h5ad: Path, customise: Callable[[dict, Path], None] | None = None) -> dict:
     """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new git + DVC repo ``repo``.
 
     The project's ``dvc.yaml`` and copies of the source directories it depends on; tiny params with

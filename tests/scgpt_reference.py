@@ -97,7 +97,9 @@ class ScgptReference(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(MLM predictions, MVC predictions, cell embeddings), as scGPT's perceptual forward."""
         gene_embs = self.encoder(tokens)
-        states = self.transformer_encoder(gene_embs + self.value_encoder(values), src_key_padding_mask=padding)
+        states = self.transformer_encoder(
+            gene_embs + self.value_encoder(values), src_key_padding_mask=padding
+        )
         cell = states[:, 0, :]
         return self.decoder(states), self.mvc_decoder(cell, gene_embs), cell
 

@@ -45,7 +45,14 @@ def test_forward_matches_the_scgpt_reference(tmp_path: Path, layout: str) -> Non
     assert (imported.pretrained_genes, imported.new_genes) == (4, 2)
     rows = scgpt_vocab(MODEL_GENES)
     # gil token -> scGPT token: <pad>, <cls>, then the dataset genes the model knows.
-    to_scgpt = {0: rows["<pad>"], 1: rows["<cls>"], 2: rows["GENE3"], 3: rows["GENE1"], 5: rows["GENE7"], 6: rows["GENE0"]}
+    to_scgpt = {
+        0: rows["<pad>"],
+        1: rows["<cls>"],
+        2: rows["GENE3"],
+        3: rows["GENE1"],
+        5: rows["GENE7"],
+        6: rows["GENE0"],
+    }
     genes = torch.tensor([[1, 2, 3, 5, 6, 0], [1, 6, 5, 3, 2, 5]])
     # -1 is the mask value; 700 and 5000 are above scGPT's clamp at 512 (they must encode alike).
     values = torch.tensor([[0.0, 3.0, -1.0, 700.0, 5000.0, 0.0], [0.0, 2.0, 5.0, 600.0, 50.0, 7.0]])
@@ -114,7 +121,12 @@ def test_the_checkpoint_fixes_the_sizes_and_stage_zero_is_not_trained(tmp_path: 
     write_scgpt_dir(tmp_path / "model", MODEL_GENES)
     sizes = _pretrained_config(tmp_path / "model").model.resolved()
     assert {k: sizes[k] for k in ("n_layers", "d_model", "n_heads", "d_ff", "activation", "value_clamp")} == {
-        "n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "activation": "relu", "value_clamp": 512.0
+        "n_layers": 2,
+        "d_model": 16,
+        "n_heads": 2,
+        "d_ff": 32,
+        "activation": "relu",
+        "value_clamp": 512.0,
     }
     with pytest.raises(GilError, match=r"model\.d_model: set by the checkpoint"):
         _pretrained_config(tmp_path / "model", d_model=32)
@@ -150,7 +162,9 @@ def test_new_to_model_split_and_binned_values(pretrained_project: tuple[dict, Pa
     params, root = pretrained_project
     split = Split.load(root / "split")
     base = dict(split.gene_sets)["B"]
-    processed_genes = [line.split("\t")[0] for line in (root / "processed" / "genes.tsv").read_text().splitlines()[1:]]
+    processed_genes = [
+        line.split("\t")[0] for line in (root / "processed" / "genes.tsv").read_text().splitlines()[1:]
+    ]
     assert sorted(base) == sorted(g for g in processed_genes if g.upper() in HALF)
     new = [g for name, genes in split.gene_sets[1:] for g in genes]
     assert sorted(new) == sorted(g for g in processed_genes if g.upper() not in HALF)
@@ -163,7 +177,9 @@ def test_new_to_model_split_and_binned_values(pretrained_project: tuple[dict, Pa
 
 def test_dropped_keys_are_in_the_run_params(pretrained_project: tuple[dict, Path]) -> None:
     params, root = pretrained_project
-    flat = run_params(config_from_dict({**params, "strategies": {"finetune": {"kind": "finetune"}}}), "finetune")
+    flat = run_params(
+        config_from_dict({**params, "strategies": {"finetune": {"kind": "finetune"}}}), "finetune"
+    )
     dropped = flat["model.init.dropped_keys"].split(",")
     assert "cls_decoder.0.weight" in dropped and "flag_encoder.weight" in dropped
     assert "encoder.embedding.weight[<eoc>]" in dropped
@@ -211,7 +227,11 @@ def _expect_refusal(result, needle: str, out: Path) -> None:  # noqa: ANN001 - c
 
 @pytest.mark.parametrize("name", list(ARGS_REFUSALS) + list(FILE_REFUSALS))
 def test_unusable_checkpoint_directories_are_refused_before_prepare(
-    name: str, tmp_path: Path, tiny_params: dict, write_params, run_cli  # noqa: ANN001
+    name: str,
+    tmp_path: Path,
+    tiny_params: dict,
+    write_params,
+    run_cli,  # noqa: ANN001
 ) -> None:
     directory = tmp_path / "model"
     if name in ARGS_REFUSALS:
@@ -222,38 +242,62 @@ def test_unusable_checkpoint_directories_are_refused_before_prepare(
         write_scgpt_dir(directory, HALF)
         (directory / missing).unlink()
     params = write_params(_scgpt_params(tiny_params, directory))
-    _expect_refusal(run_cli("prepare", "-p", params, "--out", tmp_path / "processed"), needle, tmp_path / "processed")
+    _expect_refusal(
+        run_cli("prepare", "-p", params, "--out", tmp_path / "processed"), needle, tmp_path / "processed"
+    )
 
 
 @pytest.mark.parametrize("name", list(STATE_REFUSALS))
 def test_state_dicts_gil_cannot_represent_are_refused_before_training(
-    name: str, tmp_path: Path, pretrained_project: tuple[dict, Path], write_params, run_cli  # noqa: ANN001
+    name: str,
+    tmp_path: Path,
+    pretrained_project: tuple[dict, Path],
+    write_params,
+    run_cli,  # noqa: ANN001
 ) -> None:
     params, root = pretrained_project
     directory = tmp_path / "model"
     shutil.copytree(root / "model", directory)
     add, remove, needle = STATE_REFUSALS[name]
     _break_state(directory, add, remove)
-    params = write_params({**params, "model": {**params["model"], "init": {"from": "scgpt", "path": str(directory)}}})
+    params = write_params(
+        {**params, "model": {**params["model"], "init": {"from": "scgpt", "path": str(directory)}}}
+    )
     out = tmp_path / "base"
-    result = run_cli("train-base", "-p", params, "--processed", root / "processed", "--split", root / "split", "--out", out)
+    result = run_cli(
+        "train-base", "-p", params, "--processed", root / "processed", "--split", root / "split", "--out", out
+    )
     _expect_refusal(result, needle, out)
 
 
 def test_train_base_keeps_the_pretrained_model_as_stage_zero(
-    tmp_path: Path, pretrained_project: tuple[dict, Path], write_params, run_cli  # noqa: ANN001
+    tmp_path: Path,
+    pretrained_project: tuple[dict, Path],
+    write_params,
+    run_cli,  # noqa: ANN001
 ) -> None:
     params, root = pretrained_project
     out = tmp_path / "base"
     result = run_cli(
-        "train-base", "-p", write_params(params), "--processed", root / "processed", "--split", root / "split", "--out", out
+        "train-base",
+        "-p",
+        write_params(params),
+        "--processed",
+        root / "processed",
+        "--split",
+        root / "split",
+        "--out",
+        out,
     )
     assert result.code == 0, result.stderr
     assert "dropped keys: flag_encoder.weight, cls_decoder.0.weight" in result.stderr  # the log lists them
     payload = torch.load(out / "seed_0" / "stage_0.pt", weights_only=True)
     assert payload["epochs"] == [] and payload["optimizer_steps"] == 0
     state = torch.load(root / "model" / "best_model.pt", weights_only=True)
-    assert torch.equal(payload["model"]["layers.1.qkv.weight"], state["transformer_encoder.layers.1.self_attn.in_proj_weight"])
+    assert torch.equal(
+        payload["model"]["layers.1.qkv.weight"],
+        state["transformer_encoder.layers.1.self_attn.in_proj_weight"],
+    )
     assert torch.equal(payload["model"]["mvc_cell.weight"], state["mvc_decoder.W.weight"].t())
     assert payload["model_sizes"]["activation"] == "relu"
     assert yaml.safe_load(yaml.safe_dump(params))  # params stay plain YAML (a path, not an object)
@@ -277,7 +321,9 @@ def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path)
     build_tiny_project(repo, synthetic_h5ad, customise)
     split = Split.load(repo / "data" / "split")
     sets = dict(split.gene_sets)
-    assert all(gene.upper() in HALF for gene in sets["B"]) and all(g.upper() not in HALF for g in sets["T1"] + sets["T2"])
+    assert all(gene.upper() in HALF for gene in sets["B"]) and all(
+        g.upper() not in HALF for g in sets["T1"] + sets["T2"]
+    )
     state = torch.load(repo / "pretrained" / "best_model.pt", weights_only=True)
     rows = scgpt_vocab(HALF)
     base = torch.load(repo / "checkpoints" / "base" / "seed_0" / "stage_0.pt", weights_only=True)
@@ -285,7 +331,9 @@ def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path)
     assert table.shape[0] == 2 + len(sets["B"])  # stage 0: the known genes only
     for token, gene in enumerate(sets["B"], start=2):  # stage 0 is the imported model, bit for bit
         assert torch.equal(table[token], state["encoder.embedding.weight"][rows[gene.upper()]])
-    assert torch.equal(base["model"]["layers.0.qkv.weight"], state["transformer_encoder.layers.0.self_attn.Wqkv.weight"])
+    assert torch.equal(
+        base["model"]["layers.0.qkv.weight"], state["transformer_encoder.layers.0.self_attn.Wqkv.weight"]
+    )
     for name in ("finetune", "replay"):
         stage_1 = torch.load(repo / "checkpoints" / name / "seed_0" / "stage_1.pt", weights_only=True)
         assert stage_1["model"]["gene_embedding.weight"].shape[0] == 2 + len(sets["B"]) + len(sets["T1"])

@@ -143,12 +143,16 @@ class ModelInitConfig(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
     source: Literal["random", "scgpt"] = Field("random", alias="from")
-    path: Path | None = Field(None, description="the scGPT model directory (args.json, vocab.json, best_model.pt)")
+    path: Path | None = Field(
+        None, description="the scGPT model directory (args.json, vocab.json, best_model.pt)"
+    )
 
     @model_validator(mode="after")
     def _path_given(self) -> ModelInitConfig:
         if self.source == "scgpt" and self.path is None:
-            raise ValueError("from: scgpt needs 'path': the directory holding args.json, vocab.json, best_model.pt")
+            raise ValueError(
+                "from: scgpt needs 'path': the directory holding args.json, vocab.json, best_model.pt"
+            )
         return self
 
     @property

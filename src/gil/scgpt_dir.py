@@ -93,7 +93,9 @@ def model_sizes(directory: Path) -> dict[str, Any]:
             )
         sizes[gil_key] = found[0]
     if sizes["d_model"] % sizes["n_heads"]:
-        raise GilError(f"{directory / ARGS_FILE}: embsize is not divisible by nheads; the file is inconsistent")
+        raise GilError(
+            f"{directory / ARGS_FILE}: embsize is not divisible by nheads; the file is inconsistent"
+        )
     sizes["activation"] = "relu"
     sizes["value_clamp"] = VALUE_CLAMP
     if isinstance(args.get("dropout"), int | float) and 0 <= args["dropout"] < 1:
@@ -125,7 +127,9 @@ def read_vocab(directory: Path) -> dict[str, int]:
         raise GilError(f"{directory / VOCAB_FILE}: expected a JSON object of gene symbol -> token id")
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
-        raise GilError(f"{directory / VOCAB_FILE}: special tokens {missing} are missing; gil needs <pad> and <cls>")
+        raise GilError(
+            f"{directory / VOCAB_FILE}: special tokens {missing} are missing; gil needs <pad> and <cls>"
+        )
     if len(set(vocab.values())) != len(vocab):
         raise GilError(f"{directory / VOCAB_FILE}: several symbols share a token id; the file is corrupt")
     return vocab
@@ -142,13 +146,17 @@ def state_file(directory: Path) -> Path:
     for name in STATE_FILES:
         if (directory / name).is_file():
             return directory / name
-    raise GilError(f"model.init.path: {directory} holds no {' or '.join(STATE_FILES)} (the state dict); add it")
+    raise GilError(
+        f"model.init.path: {directory} holds no {' or '.join(STATE_FILES)} (the state dict); add it"
+    )
 
 
 def check_directory(directory: Path) -> None:
     """Refuse a directory without the three files, or whose ``args.json``/``vocab.json`` gil cannot use."""
     if not directory.is_dir():
-        raise GilError(f"model.init.path: {directory} is not a directory; point it at the scGPT model directory")
+        raise GilError(
+            f"model.init.path: {directory} is not a directory; point it at the scGPT model directory"
+        )
     model_sizes(directory)
     read_vocab(directory)
     state_file(directory)

@@ -250,7 +250,9 @@ def new_gene_stages(
             )
     else:
         if not tasks:
-            raise GilError("split.genes.assign 'importance' needs split.tasks (one task per stage); add tasks")
+            raise GilError(
+                "split.genes.assign 'importance' needs split.tasks (one task per stage); add tasks"
+            )
         scores = importance_scores(data, tasks, genes.score, config.prepare.chunk_size)[:, index]
         stage[index], _ = assign_by_rank(scores, len(index), positive_only=False)
     details = {"assign": genes.assign, "model": str(directory), "model_genes": int((~new).sum())}
@@ -460,7 +462,9 @@ def run_split(config: Config, processed_dir: Path, out_dir: Path) -> str:
     sets = named_sets(stage_of_gene, data.gene_names)
     stage = cell_stages(config.split, strata(data.n_cells, tasks), len(sets) - 1, cell_rng)
     genes = config.split.genes
-    importance = genes.method == "importance" or (genes.method == "new_to_model" and genes.assign == "importance")
+    importance = genes.method == "importance" or (
+        genes.method == "new_to_model" and genes.assign == "importance"
+    )
     probes = [probe_task(task, stage, k if importance else 0) for k, task in enumerate(tasks, 1)]
     summary = summarize(
         config, method_info, sets, stage, probes, checks(sets, data.gene_names, stage, probes)

@@ -109,7 +109,8 @@ def load_state(directory: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise GilError(
-            f"{path}: not a loadable state dict ({type(error).__name__}); use the file published with the model"
+            f"{path}: not a loadable state dict ({type(error).__name__}); "
+            "use the file published with the model"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GilError(f"{path}: expected a state dict (parameter name -> tensor); got something else")
@@ -176,7 +177,9 @@ def import_scgpt(model: GeneTransformer, directory: Path, genes: Sequence[str]) 
     own = model.state_dict()
     missing = sorted(set(own) - set(mapped) - {"gene_embedding.weight"})
     if missing:
-        raise GilError(f"{state_file(directory)}: lacks weights for {missing[:3]}; not a complete scGPT model")
+        raise GilError(
+            f"{state_file(directory)}: lacks weights for {missing[:3]}; not a complete scGPT model"
+        )
     for name, tensor in mapped.items():
         if tensor.shape != own[name].shape:
             raise GilError(

@@ -177,7 +177,9 @@ class GeneTransformer(nn.Module):
             nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.LayerNorm(d_model)
         )
         self.dropout = Dropout(dropout)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout, activation) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, d_ff, dropout, activation) for _ in range(n_layers)
+        )
         self.mlm_head = nn.Sequential(
             nn.Linear(d_model, d_model),
             nn.LeakyReLU(),
