@@ -315,6 +315,7 @@ def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path)
         write_scgpt_dir(repo / "pretrained", HALF, layout="flash")
         params["model"] = {"preset": "tiny", "init": {"from": "scgpt", "path": "pretrained"}}
         params["split"]["genes"] = {"method": "new_to_model", "assign": "importance"}
+        params["tracking"]["register_models"] = True
 
     repo = tmp_path / "project"
     repo.mkdir()
@@ -345,3 +346,9 @@ def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path)
     assert set(runs["params.model.init.state_sha256"]) == {identity(repo / "pretrained")["state_sha256"]}
     assert set(runs["params.model.activation"]) == {"relu"}
     assert "cls_decoder.0.weight" in runs["params.model.init.dropped_keys"].iloc[0]
+    assert set(runs["tags.gil.init.vocab_sha256"]) == {identity(repo / "pretrained")["vocab_sha256"]}
+    versions = mlflow.MlflowClient().search_model_versions("name = 'gil-synthetic-replay'")
+    assert len(versions) == 3
+    assert {v.tags["gil.init.state_sha256"] for v in versions} == {
+        identity(repo / "pretrained")["state_sha256"]
+    }

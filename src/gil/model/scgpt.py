@@ -94,8 +94,8 @@ class Imported:
     def describe(self, directory: Path) -> str:
         dropped = ", ".join(self.dropped) if self.dropped else "none"
         return (
-            f"imported scGPT model {directory}: {self.pretrained_genes} genes with pretrained rows, "
-            f"{self.new_genes} new rows; dropped keys: {dropped}"
+            f"imported scGPT model {directory}: {self.pretrained_genes} base genes with pretrained rows, "
+            f"{self.new_genes} new to the model (random rows); dropped keys: {dropped}"
         )
 
 
@@ -167,8 +167,9 @@ def dropped_keys(directory: Path) -> list[str]:
 def import_scgpt(model: GeneTransformer, directory: Path, genes: Sequence[str]) -> Imported:
     """Load the checkpoint in ``directory`` into ``model`` (built from its sizes), in place.
 
-    ``genes`` are the model's gene tokens in token order (token ``2 + i`` is ``genes[i]``); their
-    rows come from the checkpoint where the vocabulary has the gene, the rest keep the model's.
+    ``genes`` are the first gene tokens in token order (token ``2 + i`` is ``genes[i]``): their
+    rows come from the checkpoint where the vocabulary has the gene; every other row keeps the
+    model's (seeded random) row.
     """
     state = load_state(directory)
     if EMBEDDING not in state:

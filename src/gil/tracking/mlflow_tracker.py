@@ -70,6 +70,7 @@ TAG_STRATEGY = "gil.strategy"
 TAG_SEED = "gil.seed"
 TAG_CONFIG_HASH = "gil.config_hash"
 TAG_SUPERSEDED = "gil.superseded"
+TAG_INIT_PREFIX = "gil.init."
 TAG_STAGE = "gil.stage"
 TAG_PARENT = MLFLOW_PARENT_RUN_ID
 KIND_PARENT = "parent"
@@ -330,7 +331,9 @@ class MlflowTracker:
         if registered is not None and info.registered_model_version is not None:
             version = str(info.registered_model_version)
             seed = parent_tags[TAG_SEED]
-            for key, value in {"stage": str(stage), "seed": seed}.items():
+            # The pretrained checkpoint's identity (gil.init.*, see gil.train.loop) goes with each version.
+            origin = {key: value for key, value in parent_tags.items() if key.startswith(TAG_INIT_PREFIX)}
+            for key, value in {"stage": str(stage), "seed": seed, **origin}.items():
                 self.client.set_model_version_tag(registered, version, key, value)
             self.client.set_registered_model_alias(registered, stage_alias(seed, stage), version)
             if self._last_version is None or stage >= self._last_version[0]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from gil.config import Config, run_params
 from gil.data.batches import Batch, BatchBuilder, GeneSampling
 from gil.data.layout import ProcessedData, Split
-from gil.data.vocab import SPECIAL_TOKENS, Vocabulary
+from gil.data.vocab import Vocabulary
 from gil.errors import GilError
 from gil.model import GeneTransformer, ModelOutput, masked_value_loss
 from gil.model.scgpt import Imported, import_scgpt
@@ -91,7 +91,9 @@ def build_model_reporting(
     directory = config.model.init.pretrained
     if directory is None:
         return model, None
-    return model, import_scgpt(model, directory, vocab.genes[: n_tokens - len(SPECIAL_TOKENS)])
+    # Base genes only: stage genes start from random rows as new genes, also when the table is
+    # preallocated (the same model as growing it).
+    return model, import_scgpt(model, directory, vocab.genes_through(0))
 
 
 def pretrained_identity(config: Config) -> dict[str, str]:
@@ -428,6 +430,10 @@ def train_strategy(
     """
     tracker = tracker or NullTracker()
     use_threads(config)
+    tags = {
+        **(tags or {}),
+        **{f"gil.init.{key}": value for key, value in pretrained_identity(config).items()},
+    }
     trainers = {
         seed: StageTrainer(
             config,
