@@ -186,6 +186,46 @@ def test_dropped_keys_are_in_the_run_params(pretrained_project: tuple[dict, Path
     assert len(flat["model.init.state_sha256"]) == 64 and len(flat["model.init.vocab_sha256"]) == 64
 
 
+@pytest.mark.parametrize("vocabulary", ["growing", "preallocated"])
+def test_other_split_methods_on_a_pretrained_model(
+    vocabulary: str, tmp_path: Path, pretrained_project: tuple[dict, Path]
+) -> None:
+    """method random: known B genes keep their rows; stage genes start as new genes, even known ones."""
+    params, root = pretrained_project
+    params = {**params, "split": {**params["split"], "genes": {"method": "random", "stage_fraction": 0.2}}}
+    params["model"] = {**params["model"], "vocabulary": vocabulary}
+    config = config_from_dict(params)
+    run_split(config, root / "processed", tmp_path / "split")
+    vocab = Vocabulary.from_split(Split.load(tmp_path / "split"))
+    model, imported = build_model_reporting(config, vocab, seed=0)
+    table = torch.load(root / "model" / "best_model.pt", weights_only=True)["encoder.embedding.weight"]
+    rows, weight = scgpt_vocab(HALF), model.gene_embedding.weight.detach()
+    known = [(token, rows.get(gene.upper())) for token, gene in enumerate(vocab.genes, start=2)]
+    base = known[: vocab.set_sizes[0]]
+    assert imported.pretrained_genes == sum(row is not None for _, row in base) > 0
+    assert all(torch.equal(weight[token], table[row]) for token, row in base if row is not None)
+    later = [(t, row) for t, row in known[vocab.set_sizes[0] :] if row is not None and t < len(weight)]
+    assert len(later) > 0 or vocabulary == "growing"
+    assert not any(torch.equal(weight[token], table[row]) for token, row in later)
+
+
+def test_base_epochs_adapt_the_pretrained_model(
+    pretrained_project: tuple[dict, Path], tmp_path: Path
+) -> None:
+    from gil.data.layout import ProcessedData
+    from gil.train.loop import train_base
+
+    params, root = pretrained_project
+    config = config_from_dict({**params, "train": {**params["train"], "base_epochs": 1}})
+    records = train_base(
+        config, ProcessedData.load(root / "processed"), Split.load(root / "split"), tmp_path, progress=False
+    )
+    assert len(records[0][0].epochs) == 1 and records[0][0].optimizer_steps > 0
+    payload = torch.load(tmp_path / "seed_0" / "stage_0.pt", weights_only=True)
+    state = torch.load(root / "model" / "best_model.pt", weights_only=True)
+    assert not torch.equal(payload["model"]["mlm_head.0.weight"], state["decoder.fc.0.weight"])
+
+
 def _break_state(directory: Path, add: str | None = None, remove: str | None = None) -> None:
     state = torch.load(directory / "best_model.pt", weights_only=True)
     if add:
@@ -202,6 +242,9 @@ ARGS_REFUSALS = {
     "category": ({"input_emb_style": "category"}, "input_emb_style='category' is not supported"),
     "scaling": ({"input_emb_style": "scaling"}, "input_emb_style='scaling' is not supported"),
     "zero_probs": ({"explicit_zero_prob": True}, "explicit_zero_prob=True is not supported"),
+    "avg_pool": ({"cell_emb_style": "avg-pool"}, "cell_emb_style='avg-pool' is not supported"),
+    "mask_value": ({"mask_value": -3}, "mask_value=-3 is not supported"),
+    "no_sizes": ({"nlayers": None}, "nlayers is missing"),
 }
 STATE_REFUSALS = {
     "dsbn_key": ("dsbn.bns.0.weight", None, "domain-specific batch norm"),
