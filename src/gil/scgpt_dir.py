@@ -107,9 +107,12 @@ def binned_values(directory: Path) -> int | None:
     """``n_bins`` when the checkpoint was trained on per-cell binned values, else None (log1p).
 
     scGPT's pretraining scripts record ``input_style: binned`` and ``n_bins``; a checkpoint with
-    ``n_bins`` but no ``input_style`` is taken as binned too (binning is scGPT's default input).
+    ``n_bins`` but no ``input_style`` is taken as binned too (binning is scGPT's default input), one
+    with neither as unknown (None: ``prepare.values: auto`` then stores log1p).
     """
     args = read_args(directory)
+    if "input_style" not in args and "n_bins" not in args:
+        return None
     style, n_bins = args.get("input_style", "binned"), args.get("n_bins")
     if style != "binned":
         if style in ("log1p", "normed_raw"):
