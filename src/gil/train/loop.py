@@ -102,6 +102,15 @@ def pretrained_identity(config: Config) -> dict[str, str]:
     return identity(directory) if directory is not None else {}
 
 
+def _model_identity(config: Config) -> dict:
+    """The model section as fingerprints hash it: keys added with pretrained starts (``init``,
+    ``activation``, ``value_clamp``) are left out while unset, so older checkpoints still resume."""
+    dumped = config.model.model_dump()
+    if config.model.init.pretrained is None:
+        del dumped["init"]
+    return {key: value for key, value in dumped.items() if key not in ("activation", "value_clamp") or value}
+
+
 def run_fingerprint(
     config: Config, strategy_name: str | None, seed: int, vocab: Vocabulary, split: Split
 ) -> str:
@@ -115,7 +124,7 @@ def run_fingerprint(
     return fingerprint(
         {
             **({"pretrained": pretrained} if pretrained else {}),
-            "model": config.model.model_dump(),
+            "model": _model_identity(config),
             "train": train,
             "strategy": config.strategies[strategy_name].model_dump() if strategy_name else None,
             "seed": seed,
