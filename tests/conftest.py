@@ -35,7 +35,7 @@ def _tiny_params(h5ad: Path) -> dict:
                 {"name": "group1", "label": "cell_type", "column": "group", "values": ["group1"]},
             ],
         },
-        "model": {"preset": "tiny"},
+        "model": {"preset": "tiny", "init": {"from": "random"}},  # dvc.yaml's prepare/split need the key
         "train": {"seeds": [0], "epochs_per_stage": 1, "batch_size": 16, "warmup_steps": 0},
         "strategies": {},
         "benchmark": [],
@@ -217,14 +217,17 @@ def tracked_to(repo: Path) -> dict:
     return {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}
 
 
-def build_tiny_project(repo: Path, h5ad: Path) -> dict:
+def build_tiny_project(repo: Path, h5ad: Path, customise: Callable[[dict, Path], None] | None = None) -> dict:
     """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new repo (:func:`init_project`)
-    with tiny params and tracking to ``repo/mlruns/mlflow.db``. Returns the environment it ran with."""
+    with tiny params and tracking to ``repo/mlruns/mlflow.db``. ``customise(params, repo)`` may change
+    the params and add files before the first commit. Returns the environment it ran with."""
     import yaml
 
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     del pipeline["stages"]["zeisel"]
     params = {**tiny_pipeline_params(h5ad), "tracking": tracked_to(repo)}
+    if customise is not None:
+        customise(params, repo)
     env = init_project(repo, h5ad, "dvc.yaml", pipeline, params)
     _run_checked([sys.executable, "-m", "dvc", "repro"], repo, env)
     return env

@@ -162,17 +162,19 @@ def test_models_are_only_logged_without_registration(sqlite_uri: str, experiment
     assert tracker.client.search_model_versions(f"name = '{name}'") == []
 
 
-def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -> None:
-    tracker = MlflowTracker(sqlite_uri, experiment)
-    first = record_run(tracker, "replay", 0, {"forgetting": 0.3})
-    second = record_run(tracker, "replay", 0, {"forgetting": 0.2})
-    other_config = record_run(tracker, "replay", 0, {"forgetting": 0.2}, params={"lr": 0.5})
-    current = {
+def _current_parents(tracker: MlflowTracker) -> set[str]:
+    return {
         run.info.run_id
         for run in tracker.client.search_runs([tracker.experiment_id], "tags.`gil.superseded` != 'true'")
         if run.data.tags["gil.kind"] == "parent"
     }
-    assert current == {second, other_config}
+
+
+def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -> None:
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    first = record_run(tracker, "replay", 0, {"forgetting": 0.3})
+    second = record_run(tracker, "replay", 0, {"forgetting": 0.2})
+    assert _current_parents(tracker) == {second}
     assert tracker.client.get_run(first).data.tags["gil.superseded"] == "true"
 
     evaluation = MlflowTracker(sqlite_uri, experiment)  # as a later process would
@@ -190,6 +192,19 @@ def test_rerun_supersedes_and_resume_reopens(sqlite_uri: str, experiment: str) -
         "0": False,
         "1": True,
     }
+
+
+def test_a_run_of_another_config_supersedes_its_slot_only(sqlite_uri: str, experiment: str) -> None:
+    """The latest finished run of a (strategy, seed) is its current result, whatever its config: a
+    leaderboard must not average an old config's runs with the new ones. Other seeds and strategies
+    keep theirs; resuming with the old config no longer finds a current run."""
+    tracker = MlflowTracker(sqlite_uri, experiment)
+    old = record_run(tracker, "replay", 0, {"forgetting": 0.2})
+    old_seed = record_run(tracker, "replay", 1, {"forgetting": 0.2})
+    other_strategy = record_run(tracker, "ewc", 0, {"forgetting": 0.2})
+    new = record_run(tracker, "replay", 0, {"forgetting": 0.1}, params={"lr": 0.5})
+    assert _current_parents(tracker) == {new, old_seed, other_strategy}
+    assert tracker.client.get_run(old).data.tags["gil.superseded"] == "true"
 
 
 def test_settings_of_a_suite_are_separate_identities_and_models(sqlite_uri: str, experiment: str) -> None:

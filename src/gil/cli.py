@@ -87,7 +87,7 @@ def prepare(
     out: Annotated[Path | None, typer.Option(help="Processed data directory.")] = None,
     setting: SettingOption = None,
 ) -> None:
-    """QC-filter and log1p-transform the raw .h5ad into memory-mappable arrays."""
+    """QC-filter and log1p-transform (or bin, prepare.values) the raw .h5ad into memory-mappable arrays."""
     from gil.data.prepare import run_prepare
 
     run_prepare(_config(params, setting), _path(out, PROCESSED, setting))
@@ -238,7 +238,10 @@ def train_base_command(
     jobs: JobsOption = None,
     setting: SettingOption = None,
 ) -> None:
-    """Train the strategy-independent base stage once per seed, to be shared by every strategy."""
+    """Train the strategy-independent base stage once per seed, to be shared by every strategy.
+
+    With model.init from scgpt, stage 0 is the pretrained model (adapted for train.base_epochs, default 0).
+    """
     from gil.data.layout import ProcessedData, Split
     from gil.train.loop import train_base
 

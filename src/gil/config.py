@@ -41,6 +41,10 @@ class PrepareConfig(Section):
     min_cells_per_gene: int = Field(3, ge=0)
     normalize_total: float | None = Field(None, gt=0)
     chunk_size: int = Field(2000, ge=1)
+    # The value representation (gil.data.prepare): log1p, or scGPT's per-cell bins 1..n_bins-1 of the
+    # non-zero values; auto: what model.init's checkpoint was trained on (args.json), else log1p.
+    values: Literal["auto", "log1p", "binned"] = "auto"
+    n_bins: int | None = Field(None, ge=3, description="bins of 'binned' (auto: the checkpoint's n_bins)")
 
 
 class TaskConfig(Section):
@@ -61,7 +65,10 @@ class TaskConfig(Section):
 class GeneSplitConfig(Section):
     """How genes are partitioned into base genes ``B`` and stage genes ``T1..Tn``."""
 
-    method: Literal["random", "importance", "file"] = "importance"
+    method: Literal["random", "importance", "file", "new_to_model"] = "importance"
+    # new_to_model: B is the genes model.init's vocabulary knows; the others are spread over the
+    # stages by 'assign' (the rules of the other methods, applied to the new genes only).
+    assign: Literal["importance", "random", "file"] = "importance"
     n_stages: int = Field(2, ge=1, description="number of incremental stages for method 'random'")
     stage_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of genes per stage ('random')")
     top_n: int = Field(200, ge=1, description="genes per task ('importance')")
@@ -70,7 +77,8 @@ class GeneSplitConfig(Section):
 
     @model_validator(mode="after")
     def _file_given(self) -> GeneSplitConfig:
-        if self.method == "file" and self.file is None:
+        uses_file = self.method == "file" or (self.method == "new_to_model" and self.assign == "file")
+        if uses_file and self.file is None:
             raise ValueError("method 'file' needs 'file': a YAML/CSV listing genes per stage")
         return self
 
@@ -130,9 +138,37 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelConfig(Section):
-    """Transformer sizes: a preset, with any field overridable."""
+class ModelInitConfig(Section):
+    """Where the base stage's weights come from: random initialisation, or a pretrained scGPT model."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+    source: Literal["random", "scgpt"] = Field("random", alias="from")
+    path: Path | None = Field(
+        None, description="the scGPT model directory (args.json, vocab.json, best_model.pt)"
+    )
+
+    @model_validator(mode="after")
+    def _path_given(self) -> ModelInitConfig:
+        if self.source == "scgpt" and self.path is None:
+            raise ValueError(
+                "from: scgpt needs 'path': the directory holding args.json, vocab.json, best_model.pt"
+            )
+        return self
+
+    @property
+    def pretrained(self) -> Path | None:
+        """The scGPT directory, or None for random initialisation."""
+        return self.path if self.source == "scgpt" else None
+
+
+# Model keys an scGPT checkpoint fixes (gil.scgpt_dir.model_sizes); params.yaml may not override them.
+CHECKPOINT_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "activation", "value_clamp")
+
+
+class ModelConfig(Section):
+    """Transformer sizes: a preset, with any field overridable; or the sizes of ``init``'s checkpoint."""
+
+    init: ModelInitConfig = ModelInitConfig()
     preset: Literal["paper", "bench", "cpu", "tiny"] = "cpu"
     n_layers: int | None = Field(None, ge=1)
     d_model: int | None = Field(None, ge=2)
@@ -141,15 +177,19 @@ class ModelConfig(Section):
     dropout: float | None = Field(None, ge=0, lt=1)
     max_seq: int | None = Field(None, ge=2)
     gene_init_std: float | None = Field(None, gt=0, description="std of every gene embedding row at creation")
+    activation: Literal["gelu", "relu"] | None = Field(None, description="feed-forward non-linearity")
+    value_clamp: float | None = Field(None, gt=0, description="input values are clamped at it (null: none)")
     vocabulary: Literal["growing", "preallocated"] = "growing"
 
     def resolved(self) -> dict[str, Any]:
-        """The preset's sizes with this section's overrides applied."""
-        sizes = dict(MODEL_PRESETS[self.preset])
+        """The preset's sizes with this section's overrides applied (or the checkpoint's sizes)."""
+        sizes = {**MODEL_PRESETS[self.preset], "activation": "gelu", "value_clamp": None}
         for key in sizes:
             value = getattr(self, key)
             if value is not None:
                 sizes[key] = value
+        if self.init.pretrained is not None:
+            sizes.update(self._checkpoint_sizes(self.init.pretrained))
         if sizes["d_model"] % sizes["n_heads"]:
             raise GilError(
                 f"model: d_model={sizes['d_model']} is not divisible by n_heads={sizes['n_heads']}; "
@@ -157,13 +197,29 @@ class ModelConfig(Section):
             )
         return sizes
 
+    def _checkpoint_sizes(self, directory: Path) -> dict[str, Any]:
+        from gil.scgpt_dir import model_sizes
+
+        fixed = model_sizes(directory)
+        overridden = [key for key in CHECKPOINT_KEYS if getattr(self, key) is not None]
+        if overridden:
+            raise GilError(
+                f"model.{overridden[0]}: set by the checkpoint in model.init.path "
+                f"({overridden[0]}={fixed[overridden[0]]}); remove it from params.yaml"
+            )
+        if self.dropout is not None:
+            fixed.pop("dropout", None)
+        return fixed
+
 
 class TrainConfig(Section):
     """Stage-wise optimisation; ``seeds`` drive initialisation and training (not the data split)."""
 
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     epochs_per_stage: int = Field(10, ge=1)
-    base_epochs: int | None = Field(None, ge=1)
+    # Epochs of stage 0 (null: epochs_per_stage; with model.init from scgpt, null means 0: stage 0
+    # is the pretrained model as it is, and a positive value adapts it on the base-stage cells).
+    base_epochs: int | None = Field(None, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
@@ -285,6 +341,18 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _pretrained_options_have_a_checkpoint(self) -> Config:
+        pretrained = self.model.init.pretrained is not None
+        if self.split.genes.method == "new_to_model" and not pretrained:
+            raise ValueError(
+                "split.genes.method 'new_to_model' needs a pretrained model: set model.init "
+                "{from: scgpt, path: DIR}, or choose another method"
+            )
+        if self.train.base_epochs == 0 and not pretrained:
+            raise ValueError("train.base_epochs 0 leaves a randomly initialised model untrained; raise it")
+        return self
+
+    @model_validator(mode="after")
     def _benchmark_names_exist(self) -> Config:
         for key, names in (("benchmark", self.benchmark), ("suite.strategies", self.suite.strategies)):
             unknown = [name for name in names if name not in self.strategies]
@@ -328,6 +396,11 @@ def _validated(raw: dict[str, Any], source: Path | str) -> Config:
     from gil.strategies import validate_strategy_entries
 
     validate_strategy_entries(config.strategies, Path(source))
+    if config.model.init.pretrained is not None:
+        from gil.scgpt_dir import check_directory
+
+        check_directory(config.model.init.pretrained)  # an unusable checkpoint fails before any work
+        config.model.resolved()
     return config
 
 
@@ -405,8 +478,18 @@ def run_params(config: Config, strategy_name: str) -> dict[str, Any]:
     """
     raw = config.model_dump(mode="json", exclude=_NOT_RUN_IDENTITY)
     raw["model"] = {**raw["model"], **config.model.resolved()}
+    if config.model.init.pretrained is not None:
+        raw["model"]["init"] = {**raw["model"]["init"], **pretrained_params(config.model.init.pretrained)}
     raw["strategy"] = {"name": strategy_name, **config.strategies[strategy_name].model_dump(mode="json")}
     return flatten(raw)
+
+
+def pretrained_params(directory: Path) -> dict[str, Any]:
+    """What identifies a pretrained start: the checkpoint's hashes and the state-dict keys not imported."""
+    from gil.model.scgpt import dropped_keys
+    from gil.scgpt_dir import identity
+
+    return {**identity(directory), "dropped_keys": ",".join(dropped_keys(directory)) or "none"}
 
 
 def evaluation_tags(config: Config) -> dict[str, str]:

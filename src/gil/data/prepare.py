@@ -18,6 +18,12 @@ is the cell's number of stored values after gene filtering.
 
 Transform: optional library-size normalisation of each cell to ``normalize_total`` (library size =
 the cell's total over the kept genes, as scanpy after filtering), then ``log1p``; float32.
+
+Values (``prepare.values``): ``log1p`` stores those values; ``binned`` stores scGPT's per-cell bins
+instead (:func:`bin_rows`), the representation scGPT checkpoints were pretrained on; ``auto`` is
+``binned`` with the checkpoint's ``n_bins`` when ``model.init`` is an scGPT model trained on bins,
+else ``log1p``. Whatever is stored is what every later step uses: training inputs and targets, the
+masked-value loss, every metric and the gene-mean reference.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from gil.config import Config, DatasetConfig, PrepareConfig
 from gil.data.io import H5adMatrix, ValueStats, gene_names, label_table, open_h5ad
 from gil.errors import GilError
 from gil.files import atomic_dir, dumps_json
+from gil.scgpt_dir import binned_values
 
 RESERVED_CELL_COLUMNS = ("cell", "n_genes")
 
@@ -79,6 +86,44 @@ def transform(counts: sp.csr_matrix, normalize_total: float | None) -> np.ndarra
     return np.log1p(data).astype(np.float32)
 
 
+def value_representation(config: Config) -> tuple[str, int | None]:
+    """``("log1p", None)`` or ``("binned", n_bins)``: what ``prepare.values`` resolves to (see above)."""
+    options, pretrained = config.prepare, config.model.init.pretrained
+    if options.values == "log1p":
+        return "log1p", None
+    checkpoint_bins = binned_values(pretrained) if pretrained is not None else None
+    n_bins = options.n_bins or checkpoint_bins
+    if options.values == "auto" and checkpoint_bins is None:
+        return "log1p", None
+    if n_bins is None:
+        raise GilError("prepare.values 'binned' needs prepare.n_bins (e.g. 51, scGPT's); add it")
+    return "binned", n_bins
+
+
+def bin_rows(indptr: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
+    """scGPT's per-cell value binning of the CSR values of each row, as float32 bins.
+
+    As scGPT's ``binning`` (scgpt/preprocess.py): the edges are the ``n_bins - 1`` quantiles
+    (``linspace(0, 1, n_bins - 1)``) of the cell's non-zero values, and a value's bin lies between
+    ``digitize(right=True) + 1`` and ``digitize(right=False)``, so non-zero values get bins
+    ``1..n_bins-1`` and zeros keep 0. Where values tie with edges that range has several bins;
+    scGPT draws one at random, gil takes the middle one (``(left + right + 1) // 2``) so that the
+    processed data, and DVC's hashes of it, are deterministic.
+    """
+    out = np.zeros(len(values), dtype=np.float32)
+    quantiles = np.linspace(0, 1, n_bins - 1)
+    for start, stop in zip(indptr[:-1], indptr[1:], strict=True):
+        row = values[start:stop]
+        positive = row > 0
+        if not positive.any():
+            continue
+        edges = np.quantile(row[positive], quantiles)
+        left = np.digitize(row[positive], edges)
+        right = np.digitize(row[positive], edges, right=True)
+        out[start:stop][positive] = (left + right + 1) // 2
+    return out
+
+
 class _NpyWriter:
     """Writes a 1-D ``.npy`` file of known length by appending chunks (the header first)."""
 
@@ -103,11 +148,12 @@ class _NpyWriter:
 
 
 def write_matrix_pass(
-    source: H5adMatrix, qc: QcCounts, options: PrepareConfig, directory: Path
+    source: H5adMatrix, qc: QcCounts, options: PrepareConfig, directory: Path, n_bins: int | None = None
 ) -> np.ndarray:
     """Pass 2: write ``indptr/indices/values.npy`` of the filtered, transformed matrix into ``directory``.
 
-    Returns the number of stored genes of each kept cell.
+    ``n_bins`` None stores the log1p values, else their per-cell bins. Returns the number of stored
+    genes of each kept cell.
     """
     row_genes = []
     position = 0
@@ -120,7 +166,8 @@ def write_matrix_pass(
             kept = chunk[qc.cell_keep[first_row : first_row + chunk.shape[0]]][:, qc.gene_keep]
             kept.sort_indices()
             indices.append(kept.indices)
-            values.append(transform(kept, options.normalize_total))
+            transformed = transform(kept, options.normalize_total)
+            values.append(transformed if n_bins is None else bin_rows(kept.indptr, transformed, n_bins))
             row_genes.append(np.diff(kept.indptr))
             position += kept.nnz
     if position != qc.nnz:
@@ -181,6 +228,8 @@ def refusal(path: Path, config: Config | None) -> str | None:
 
 
 def _summary(config: Config, source: H5adMatrix, qc: QcCounts) -> dict:
+    values, n_bins = value_representation(config)
+    transform = "log1p" if config.prepare.normalize_total is None else "normalize_total, log1p"
     return {
         "input": str(config.dataset.path),
         "matrix": source.where,
@@ -197,7 +246,9 @@ def _summary(config: Config, source: H5adMatrix, qc: QcCounts) -> dict:
         },
         "normalized": config.prepare.normalize_total is not None,
         "normalize_total": config.prepare.normalize_total,
-        "transform": "log1p" if config.prepare.normalize_total is None else "normalize_total, log1p",
+        "transform": transform if values == "log1p" else f"{transform}, binned ({n_bins} bins)",
+        "values": values,
+        "n_bins": n_bins,
     }
 
 
@@ -218,7 +269,7 @@ def run_prepare(config: Config, out_dir: Path) -> None:
         genes, labels, qc = _checked_source(source, dataset, options)
         summary = _summary(config, source, qc)
         with atomic_dir(out_dir) as tmp:
-            n_genes = write_matrix_pass(source, qc, options, tmp)
+            n_genes = write_matrix_pass(source, qc, options, tmp, summary["n_bins"])
             cells = pd.DataFrame({"cell": source.obs.index.astype(str)[qc.cell_keep], "n_genes": n_genes})
             cells = pd.concat([cells, labels[qc.cell_keep].reset_index(drop=True)], axis=1)
             gene_table = pd.DataFrame(

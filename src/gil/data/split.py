@@ -14,6 +14,11 @@ Gene sets (``split.genes.method``):
   a tie goes to the earlier task. So ``Tk`` has at most ``top_n`` genes. Everything else is ``B``.
 - ``file``: a YAML mapping ``{T1: [genes], T2: [...]}`` or a CSV/TSV with columns ``gene, stage``;
   stage names are ``T1..Tn`` (or ``1..n``). ``B`` is every other gene.
+- ``new_to_model`` (a pretrained ``model.init``): ``B`` is the genes the model's vocabulary knows
+  (matched by symbol, :mod:`gil.data.model_vocab`), and every other gene goes to a stage by
+  ``assign``: ``random`` (``n_stages`` equal random parts), ``importance`` (to the task ranking it
+  highest among the new genes, ties to the earlier task; ``top_n`` does not apply: every new gene
+  must be learned at some stage) or ``file`` (which must list exactly the new genes).
 
 Genes within a set keep the processed gene order.
 
@@ -38,8 +43,10 @@ import yaml
 
 from gil.config import Config, GeneSplitConfig, SplitConfig, TaskConfig
 from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
+from gil.data.model_vocab import match_genes
 from gil.data.prepare import RESERVED_CELL_COLUMNS
 from gil.errors import GilError
+from gil.scgpt_dir import model_genes
 
 MIN_PROBE_CELLS = 10
 RANK_RULE = "a gene in several top lists goes to the task ranking it higher; ties go to the earlier task"
@@ -124,13 +131,17 @@ def importance_scores(data: ProcessedData, tasks: list[TaskCells], score: str, c
     return weighted_gene_sums(data, members / inside - (1 - members) / outside, chunk_rows)
 
 
-def assign_by_rank(scores: np.ndarray, top_n: int) -> tuple[np.ndarray, int]:
-    """Stage of every gene (0 = base, k = task k) by the rank rule; also how many genes were shared."""
+def assign_by_rank(scores: np.ndarray, top_n: int, positive_only: bool = True) -> tuple[np.ndarray, int]:
+    """Stage of every gene (0 = base, k = task k) by the rank rule; also how many genes were shared.
+
+    ``positive_only`` False also ranks genes scoring zero (or less), so that with ``top_n`` the
+    number of genes every gene is assigned to a task.
+    """
     n_tasks, n_genes = scores.shape
     rank = np.empty((n_tasks, n_genes), dtype=np.int64)
     order = np.argsort(-scores, axis=1, kind="stable")
     np.put_along_axis(rank, order, np.arange(n_genes)[None, :].repeat(n_tasks, axis=0), axis=1)
-    in_top = (rank < top_n) & (scores > 0)
+    in_top = (rank < top_n) & ((scores > 0) | (not positive_only))
     best = np.argmin(np.where(in_top, rank, n_genes), axis=0)
     stage = np.where(in_top.any(axis=0), best + 1, 0)
     return stage, int((in_top.sum(axis=0) > 1).sum())
@@ -206,11 +217,57 @@ def file_stages(gene_index: pd.Index, path: Path) -> np.ndarray:
     return stage
 
 
+def new_gene_stages(
+    config: Config, data: ProcessedData, tasks: list[TaskCells], rng: np.random.Generator
+) -> tuple[np.ndarray, dict]:
+    """Method ``new_to_model``: base genes are the model's, the new ones spread by ``assign``."""
+    genes, directory = config.split.genes, config.model.init.pretrained
+    assert directory is not None  # guaranteed by Config
+    new = np.array([row is None for row in match_genes(data.gene_names, model_genes(directory))])
+    if new.all() or not new.any():
+        which = "none" if new.all() else "all"
+        raise GilError(
+            f"{which} of the {len(new)} dataset genes are in the vocabulary of {directory}: "
+            + (
+                "check dataset.gene_column (symbols are matched, case rules in the README)"
+                if new.all()
+                else "no gene is new to the model; choose another split.genes.method"
+            )
+        )
+    index = np.flatnonzero(new)
+    stage = np.zeros(data.n_genes, dtype=np.int64)
+    if genes.assign == "random":
+        stage[index] = 1 + (rng.permutation(len(index)) * genes.n_stages) // len(index)
+    elif genes.assign == "file":
+        assert genes.file is not None  # guaranteed by GeneSplitConfig
+        stage = file_stages(pd.Index(data.gene_names), genes.file)
+        wrong = np.flatnonzero((stage > 0) != new)
+        if len(wrong):
+            names = [data.gene_names[i] for i in wrong[:3]]
+            raise GilError(
+                f"{genes.file}: {len(wrong)} genes are listed though the model knows them, or are new to "
+                f"the model but not listed (e.g. {names}); list exactly the new genes"
+            )
+    else:
+        if not tasks:
+            raise GilError(
+                "split.genes.assign 'importance' needs split.tasks (one task per stage); add tasks"
+            )
+        scores = importance_scores(data, tasks, genes.score, config.prepare.chunk_size)[:, index]
+        stage[index], _ = assign_by_rank(scores, len(index), positive_only=False)
+    details = {"assign": genes.assign, "model": str(directory), "model_genes": int((~new).sum())}
+    if genes.assign == "importance":
+        details.update(score=genes.score, rank_rule=RANK_RULE)
+    return stage, details
+
+
 def gene_stages(
     config: Config, data: ProcessedData, tasks: list[TaskCells], rng: np.random.Generator
 ) -> tuple[np.ndarray, dict]:
     """Stage of every gene under ``split.genes.method``, and what to record about how it was chosen."""
     genes = config.split.genes
+    if genes.method == "new_to_model":
+        return new_gene_stages(config, data, tasks, rng)
     if genes.method == "random":
         return random_stages(data.n_genes, genes, rng), {"stage_fraction": genes.stage_fraction}
     if genes.method == "file":
@@ -365,6 +422,10 @@ def summary_text(summary: dict) -> str:
     how = {
         "random": lambda: f"random, stage_fraction {details['stage_fraction']}",
         "file": lambda: f"from {details['file']}",
+        "new_to_model": lambda: (
+            f"new to the model in {details['model']} ({details['model_genes']} genes known to it form B), "
+            f"assigned by {details['assign']}"
+        ),
         "importance": lambda: (
             f"importance ({details['score']}, top {details['top_n']} per task; {details['shared_genes']} "
             f"genes in several top lists: {details['rank_rule']})"
@@ -400,7 +461,10 @@ def run_split(config: Config, processed_dir: Path, out_dir: Path) -> str:
     stage_of_gene, method_info = gene_stages(config, data, tasks, gene_rng)
     sets = named_sets(stage_of_gene, data.gene_names)
     stage = cell_stages(config.split, strata(data.n_cells, tasks), len(sets) - 1, cell_rng)
-    importance = config.split.genes.method == "importance"
+    genes = config.split.genes
+    importance = genes.method == "importance" or (
+        genes.method == "new_to_model" and genes.assign == "importance"
+    )
     probes = [probe_task(task, stage, k if importance else 0) for k, task in enumerate(tasks, 1)]
     summary = summarize(
         config, method_info, sets, stage, probes, checks(sets, data.gene_names, stage, probes)

@@ -107,13 +107,22 @@ class GeneEmbedding(nn.Module):
         return F.embedding(tokens, self.weight)
 
 
-class EncoderLayer(nn.Module):
-    """Post-norm transformer encoder layer on fused scaled-dot-product attention."""
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer on fused scaled-dot-product attention.
+
+    ``activation`` is the feed-forward non-linearity: gil's own models use GELU; scGPT's
+    checkpoints were trained with ReLU (torch's ``TransformerEncoderLayer`` default), so an imported
+    model must keep it to compute what it was trained to compute.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, activation: str = "gelu"):
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
+        self.activation = ACTIVATIONS[activation]
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.ff_in = nn.Linear(d_model, d_ff)
@@ -129,7 +138,7 @@ class EncoderLayer(nn.Module):
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
         attended = attended.transpose(1, 2).reshape(batch, length, d_model)
         x = self.norm_attn(x + dropout(self.out(attended), self.dropout, self.training))
-        hidden = dropout(F.gelu(self.ff_in(x)), self.dropout, self.training)
+        hidden = dropout(self.activation(self.ff_in(x)), self.dropout, self.training)
         return self.norm_ff(x + dropout(self.ff_out(hidden), self.dropout, self.training))
 
 
@@ -137,11 +146,14 @@ class GeneTransformer(nn.Module):
     """Gene embedding + value encoder, transformer encoder, MLM and MVC heads."""
 
     ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "dropout", "gene_init_std")
+    # Keys added later, with the value that checkpoints written before them were trained with.
+    OPTIONAL_KEYS = {"activation": "gelu", "value_clamp": None}
 
     @classmethod
     def from_sizes(cls, n_tokens: int, sizes: dict) -> GeneTransformer:
         """Build from a resolved model config (extra keys such as ``max_seq`` are batching's)."""
-        return cls(n_tokens=n_tokens, **{key: sizes[key] for key in cls.ARCHITECTURE_KEYS})
+        options = {key: sizes.get(key, default) for key, default in cls.OPTIONAL_KEYS.items()}
+        return cls(n_tokens=n_tokens, **{key: sizes[key] for key in cls.ARCHITECTURE_KEYS}, **options)
 
     def __init__(
         self,
@@ -152,15 +164,22 @@ class GeneTransformer(nn.Module):
         d_ff: int,
         dropout: float,
         gene_init_std: float = 0.02,
+        activation: str = "gelu",
+        value_clamp: float | None = None,
     ):
+        """``value_clamp``: input values above it are clamped before the value encoder (scGPT
+        clamps at 512); None leaves them as they are."""
         super().__init__()
+        self.value_clamp = value_clamp
         self.gene_embedding = GeneEmbedding(n_tokens, d_model, gene_init_std)
         self.gene_norm = nn.LayerNorm(d_model)
         self.value_encoder = nn.Sequential(
             nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.LayerNorm(d_model)
         )
         self.dropout = Dropout(dropout)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, d_ff, dropout, activation) for _ in range(n_layers)
+        )
         self.mlm_head = nn.Sequential(
             nn.Linear(d_model, d_model),
             nn.LeakyReLU(),
@@ -182,6 +201,8 @@ class GeneTransformer(nn.Module):
     def encode(self, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Contextual token states ``[B, L, d]``; padded keys are never attended to."""
         gene_states = self.gene_norm(self.gene_embedding(genes))
+        if self.value_clamp is not None:
+            values = values.clamp(max=self.value_clamp)
         x = self.dropout(gene_states + self.value_encoder(values.unsqueeze(-1)))
         attend = _key_mask(padding)
         for layer in self.layers:

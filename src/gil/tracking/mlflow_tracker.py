@@ -20,9 +20,11 @@ GenAI) when it is created or next used: MLflow's own statement of an experiment'
 :mod:`gil.tracking.ui` choose the training pages.)
 
 Re-runs: ``begin_run(resume=False)`` always creates a fresh parent; when it finishes, every earlier
-parent with the same (strategy, seed, config hash) is tagged ``gil.superseded=true`` (a failed rerun
-supersedes nothing, so the last good run stays current; earlier parents still RUNNING,
-whose process died, are also marked KILLED). Why tags rather than deleting runs: history stays
+parent of the same (strategy, seed) slot (and suite setting, ``gil.setting``), whatever its config
+hash, is tagged ``gil.superseded=true``: the latest finished run is a slot's current result, so a
+leaderboard never averages runs of an old config with the new ones (a failed rerun supersedes
+nothing, so the last good run stays current; earlier parents still RUNNING, whose process died, are
+also marked KILLED). Why tags rather than deleting runs: history stays
 inspectable and nothing is lost, while ``tags.gil.superseded != 'true'`` in the UI's search box
 (or :mod:`gil.tracking.leaderboard`) shows only the current runs. Every parent is created with
 ``gil.superseded=false`` because MLflow's ``!=`` filter never matches a run that lacks the tag.
@@ -71,6 +73,7 @@ TAG_STRATEGY = "gil.strategy"
 TAG_SEED = "gil.seed"
 TAG_CONFIG_HASH = "gil.config_hash"
 TAG_SUPERSEDED = "gil.superseded"
+TAG_INIT_PREFIX = "gil.init."
 TAG_STAGE = "gil.stage"
 TAG_SETTING = SETTING_TAG
 TAG_PARENT = MLFLOW_PARENT_RUN_ID
@@ -335,7 +338,9 @@ class MlflowTracker:
         if registered is not None and info.registered_model_version is not None:
             version = str(info.registered_model_version)
             seed = parent_tags[TAG_SEED]
-            for key, value in {"stage": str(stage), "seed": seed}.items():
+            # The pretrained checkpoint's identity (gil.init.*, see gil.train.loop) goes with each version.
+            origin = {key: value for key, value in parent_tags.items() if key.startswith(TAG_INIT_PREFIX)}
+            for key, value in {"stage": str(stage), "seed": seed, **origin}.items():
                 self.client.set_model_version_tag(registered, version, key, value)
             self.client.set_registered_model_alias(registered, stage_alias(seed, stage), version)
             if self._last_version is None or stage >= self._last_version[0]:
@@ -385,12 +390,14 @@ class MlflowTracker:
     def end_run(self, status: Literal["FINISHED", "FAILED"] = "FINISHED") -> None:
         """Close the open stage run and the parent run with ``status``.
 
-        Only a run that finishes supersedes the earlier runs of its identity: a rerun that fails
-        leaves the last good run current (and itself FAILED, so it never looks complete).
+        Only a run that finishes supersedes the earlier runs of its slot (its identity but for the
+        config hash): a rerun that fails leaves the last good run current (and itself FAILED, so it
+        never looks complete).
         """
         if status == "FINISHED" and self._parent is not None:
             own = self.parent_run_id
-            for earlier in self._search({**self._identity, TAG_SUPERSEDED: "false"}):
+            slot = {key: value for key, value in self._identity.items() if key != TAG_CONFIG_HASH}
+            for earlier in self._search({**slot, TAG_SUPERSEDED: "false"}):
                 if earlier.info.run_id != own:
                     self._supersede(earlier)
             if self._last_version is not None:

@@ -13,6 +13,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from gil.data.layout import ProcessedData, Split
 from gil.data.vocab import Vocabulary
 from gil.errors import GilError
 from gil.model import GeneTransformer, ModelOutput, masked_value_loss
+from gil.model.scgpt import Imported, import_scgpt
+from gil.scgpt_dir import identity
 from gil.strategies import build_strategy
 from gil.strategies.base import StageContext, Strategy
 from gil.tracking.base import NullTracker, Tracker
@@ -69,11 +72,43 @@ def use_threads(config: Config) -> None:
 
 
 def build_model(config: Config, vocab: Vocabulary, seed: int) -> GeneTransformer:
-    """A freshly initialised model holding the base-stage vocabulary (or all genes if preallocated)."""
+    """A freshly initialised model holding the base-stage vocabulary (or all genes if preallocated).
+
+    With ``model.init`` from scGPT the weights are the checkpoint's (:func:`gil.model.scgpt.import_scgpt`):
+    genes it knows get their pretrained rows, the others keep the seeded random rows drawn here.
+    """
+    return build_model_reporting(config, vocab, seed)[0]
+
+
+def build_model_reporting(
+    config: Config, vocab: Vocabulary, seed: int
+) -> tuple[GeneTransformer, Imported | None]:
+    """:func:`build_model`, and what the import of a pretrained model did (None: random init)."""
     n_tokens = vocab.size if config.model.vocabulary == "preallocated" else vocab.size_through(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0xC0FFEE))
-        return GeneTransformer.from_sizes(n_tokens, config.model.resolved())
+        model = GeneTransformer.from_sizes(n_tokens, config.model.resolved())
+    directory = config.model.init.pretrained
+    if directory is None:
+        return model, None
+    # Base genes only: stage genes start from random rows as new genes, also when the table is
+    # preallocated (the same model as growing it).
+    return model, import_scgpt(model, directory, vocab.genes_through(0))
+
+
+def pretrained_identity(config: Config) -> dict[str, str]:
+    """The hashes of the pretrained checkpoint (empty for random initialisation)."""
+    directory = config.model.init.pretrained
+    return identity(directory) if directory is not None else {}
+
+
+def _model_identity(config: Config) -> dict:
+    """The model section as fingerprints hash it: keys added with pretrained starts (``init``,
+    ``activation``, ``value_clamp``) are left out while unset, so older checkpoints still resume."""
+    dumped = config.model.model_dump()
+    if config.model.init.pretrained is None:
+        del dumped["init"]
+    return {key: value for key, value in dumped.items() if key not in ("activation", "value_clamp") or value}
 
 
 def run_fingerprint(
@@ -81,12 +116,15 @@ def run_fingerprint(
 ) -> str:
     """What a checkpoint of this run depends on: model, training, strategy, seed and the split.
 
-    ``strategy_name`` None is the shared base run (see :func:`train_base`).
+    ``strategy_name`` None is the shared base run (see :func:`train_base`). A pretrained start
+    adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed.
     """
     train = config.train.model_dump(exclude={"seeds", "device", "threads"})
+    pretrained = pretrained_identity(config)
     return fingerprint(
         {
-            "model": config.model.model_dump(),
+            **({"pretrained": pretrained} if pretrained else {}),
+            "model": _model_identity(config),
             "train": train,
             "strategy": config.strategies[strategy_name].model_dump() if strategy_name else None,
             "seed": seed,
@@ -154,7 +192,10 @@ class StageTrainer:
             else Strategy(Strategy.Params())
         )
         self.strategy.check_inputs(self.data.cells)
-        self.model = build_model(self.config, self.vocab, self.seed).to(self.device)
+        model, self.imported = build_model_reporting(self.config, self.vocab, self.seed)
+        self.model = model.to(self.device)
+        if self.imported is not None:
+            print(f"seed {self.seed}: {self.imported.describe(self.config.model.init.path)}", file=sys.stderr)
 
     # -- one stage -------------------------------------------------------------------------
 
@@ -175,7 +216,11 @@ class StageTrainer:
 
     def _epochs(self, stage: int) -> int:
         train = self.config.train
-        return train.base_epochs if stage == 0 and train.base_epochs else train.epochs_per_stage
+        if stage > 0:
+            return train.epochs_per_stage
+        if train.base_epochs is None:
+            return 0 if self.imported is not None else train.epochs_per_stage
+        return train.base_epochs
 
     def train_stage(self, stage: int) -> StageRecord:
         """Run stage ``stage`` from the current weights; deterministic given (seed, stage)."""
@@ -394,6 +439,10 @@ def train_strategy(
     """
     tracker = tracker or NullTracker()
     use_threads(config)
+    tags = {
+        **(tags or {}),
+        **{f"gil.init.{key}": value for key, value in pretrained_identity(config).items()},
+    }
     trainers = {
         seed: StageTrainer(
             config,
