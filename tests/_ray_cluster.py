@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -57,10 +58,36 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
         )
 
 
+@dataclass(frozen=True)
+class RayNodes:
+    """A running test cluster: the head's address and the sessions of its nodes' processes."""
+
+    address: str
+    sessions: tuple[int, ...]  # the session ids of its `ray start` processes (start_new_session)
+
+    def task_workers(self, function: str) -> list[int]:
+        """PIDs of this cluster's workers now running a task of ``function`` (its process title)."""
+        title = f"ray::{function}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if (
+                    entry.name.isdigit()
+                    and (entry / "cmdline").read_bytes().startswith(title)
+                    and os.getsid(int(entry.name)) in self.sessions
+                ):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+
 @contextlib.contextmanager
-def ray_cluster(logs: Path, head: list[str], workers: list[list[str]] = (), timeout: float = 90) -> Iterator[str]:
+def ray_cluster(
+    logs: Path, head: list[str], workers: list[list[str]] = (), timeout: float = 90
+) -> Iterator[RayNodes]:
     """A head (``ray start --head`` plus ``head`` options) and one node per entry of ``workers``;
-    yields the head's address once the head listens (the caller waits for the nodes it needs:
+    yields them once the head listens (the caller waits for the nodes it needs:
     :func:`wait_for_nodes`). ``--port 0``: Ray binds a free port itself and writes the address
     into its temp dir (``ray_current_cluster``)."""
     temp_dir = tempfile.mkdtemp(prefix="gil-ray-", dir="/tmp")  # Unix socket paths: at most 107 bytes
@@ -78,7 +105,7 @@ def ray_cluster(logs: Path, head: list[str], workers: list[list[str]] = (), time
             time.sleep(0.5)
         for index, options in enumerate(workers):
             processes.append(_ray_start(["--address", address, *options], logs / f"ray-node-{index}.log"))
-        yield address
+        yield RayNodes(address, tuple(process.pid for process in processes))
     finally:
         for process in reversed(processes):
             stop_group(process)

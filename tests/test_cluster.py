@@ -22,7 +22,7 @@ import yaml
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-from _ray_cluster import ray_cluster, wait_for_nodes  # noqa: E402
+from _ray_cluster import RayNodes, ray_cluster, wait_for_nodes  # noqa: E402
 from factories import make_config, make_processed, make_split  # noqa: E402
 
 from gil.config import Config  # noqa: E402
@@ -114,7 +114,7 @@ def on_disk(tmp_path_factory: pytest.TempPathFactory) -> tuple[ProcessedData, ob
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNodes]:
     """Two nodes on this machine joined by this process: a head with 1 CPU and 2 fake GPUs, a
     second node with 1 CPU (``ray start`` processes, token auth, stopped by PID)."""
     import ray
@@ -124,14 +124,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ray.shutdown()
     logs = tmp_path_factory.mktemp("ray-logs")
     head = ["--num-cpus", "1", "--num-gpus", "2"]
-    with ray_cluster(logs, head, [["--num-cpus", "1", "--resources", '{"second_node": 1}']]) as address:
-        with ray_session(address):
+    with ray_cluster(logs, head, [["--num-cpus", "1", "--resources", '{"second_node": 1}']]) as nodes:
+        with ray_session(nodes.address):
             wait_for_nodes(2)
-            yield address
+            yield nodes
 
 
 @pytest.mark.slow
-def test_a_gpu_task_trains_on_the_gpu_ray_assigned_it(cluster: object) -> None:
+def test_a_gpu_task_trains_on_the_gpu_ray_assigned_it(cluster: RayNodes) -> None:
     """Two concurrent 1-GPU tasks get different GPUs; each picks the device of its own GPU."""
     import ray
 
@@ -227,7 +227,7 @@ def _layout(uri: str) -> dict:
 
 
 @pytest.mark.slow
-def test_the_grid_on_two_nodes_gives_the_local_results(cluster: object, on_disk, tmp_path: Path) -> None:
+def test_the_grid_on_two_nodes_gives_the_local_results(cluster: RayNodes, on_disk, tmp_path: Path) -> None:
     """2 strategies x 2 seeds (+ base, + evaluation) as Ray tasks on both nodes: the same
     checkpoints, the same metrics files byte for byte, the same MLflow runs, curves and models."""
     from _mlflow_helpers import isolated_mlflow
@@ -260,3 +260,101 @@ def test_the_grid_on_two_nodes_gives_the_local_results(cluster: object, on_disk,
     assert len([key for key in ray_layout["runs"] if key[0] == "parent"]) == 4
     assert len([key for key in ray_layout["runs"] if key[0] == "stage"]) == 12
     assert local_layout == ray_layout
+
+
+def _watch_and_kill(nodes: RayNodes, scratch: Path) -> tuple[threading.Thread, list[int], dict[Path, set]]:
+    """Once some task has checkpointed stage 1 in its scratch directory, SIGKILL the workers
+    running tasks (a crash from outside: the production code has no fault hook); then watch
+    every stage-1 file that existed at the kill until its directory goes, noting each version
+    of it (inode, mtime) seen. A retry that resumes leaves one version; one that trains again
+    from scratch writes a new one."""
+    killed: list[int] = []
+    versions: dict[Path, set] = {}
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            finished = list(scratch.glob("gil-ray/*/*/*/run/seed_*/stage_1.pt"))
+            if finished:
+                versions.update({path: set() for path in finished})
+                for pid in nodes.task_workers("_run_task"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+        while any(path.parent.exists() for path in versions) and time.monotonic() < deadline:
+            for path, seen in versions.items():
+                try:
+                    status = path.stat()
+                    seen.add((status.st_ino, status.st_mtime_ns))
+                except FileNotFoundError:
+                    continue
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed, versions
+
+
+@pytest.mark.slow
+def test_a_task_whose_worker_dies_mid_stage_resumes_and_the_grid_completes(
+    cluster: RayNodes, on_disk, tmp_path: Path
+) -> None:
+    from _mlflow_helpers import isolated_mlflow
+
+    from gil.cluster.runner import RayRunner
+    from gil.tracking.mlflow_tracker import MlflowTracker
+    from gil.train.loop import train_strategies
+
+    data, split = on_disk
+    train = {**TRAIN, "epochs_per_stage": 12, "device": "cpu", "threads": 1}  # stages long enough to kill in
+    scratch = tmp_path / "scratch"
+    uris = {}
+    for backend in ("local", "ray"):
+        config = make_config(train=train, compute={"backend": backend, "scratch_path": str(scratch)})
+        runner = RayRunner(config.compute) if backend == "ray" else None
+        if runner is not None:
+            watcher, killed, versions = _watch_and_kill(cluster, scratch)
+        uris[backend] = f"sqlite:///{tmp_path / backend / 'mlflow.db'}"
+        with isolated_mlflow():
+            tracker = MlflowTracker(uris[backend], "gil-test", register_models=False)
+            train_strategies(config, {"finetune": tmp_path / backend / "finetune"}, data, split, tracker=tracker, progress=False, runner=runner, fresh=True)
+    watcher.join(timeout=60)
+    assert killed, "no task worker was killed"
+    assert versions and all(len(seen) == 1 for seen in versions.values()), (
+        f"a retried task trained a finished stage again: {versions}"
+    )
+    for seed in (0, 1):
+        local = _payloads(tmp_path / "local", "finetune", seed, 3)
+        remote = _payloads(tmp_path / "ray", "finetune", seed, 3)
+        assert all(_same_payload(a, b) for a, b in zip(local, remote, strict=True))
+    assert _layout(uris["local"]) == _layout(uris["ray"])
+    assert not list(scratch.glob("gil-ray/*/*/*")), "finished tasks leave no scratch directory"
+
+
+@pytest.mark.slow
+def test_a_seed_that_fails_names_itself_and_the_other_seeds_are_recorded(
+    cluster: RayNodes, on_disk, tmp_path: Path
+) -> None:
+    from _mlflow_helpers import isolated_mlflow
+    from mlflow.tracking import MlflowClient
+
+    from gil.cluster.runner import RayRunner
+    from gil.tracking.mlflow_tracker import MlflowTracker
+    from gil.train.loop import train_base, train_strategy
+
+    data, split = on_disk
+    config = _config(backend="ray")
+    # seed 1 has no base checkpoint to import, so its task fails; seed 0 trains
+    train_base(make_config(train={**TRAIN, "seeds": [0], "device": "cpu", "threads": 1}), data, split, tmp_path / "base", progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with isolated_mlflow():
+        tracker = MlflowTracker(uri, "gil-test", register_models=False)
+        with pytest.raises(GilError, match=r"^finetune seed 1: checkpoint .*seed_1/stage_0.pt not found") as failure:
+            train_strategy(config, "finetune", data, split, tmp_path / "out", tracker=tracker, progress=False, base_dir=tmp_path / "base", runner=RayRunner(config.compute))
+    assert "\n" not in str(failure.value)
+    assert stage_path(tmp_path / "out" / "seed_0", 2).exists()
+    assert not (tmp_path / "out" / "seed_1").exists()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("gil-test").experiment_id])
+    parents = [run for run in runs if run.data.tags["gil.kind"] == "parent"]
+    assert [(run.data.tags["gil.seed"], run.info.status) for run in parents] == [("0", "FINISHED")]
