@@ -358,3 +358,92 @@ def test_a_seed_that_fails_names_itself_and_the_other_seeds_are_recorded(
     runs = client.search_runs([client.get_experiment_by_name("gil-test").experiment_id])
     parents = [run for run in runs if run.data.tags["gil.kind"] == "parent"]
     assert [(run.data.tags["gil.seed"], run.info.status) for run in parents] == [("0", "FINISHED")]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_train_evaluate_and_train_base_take_backend_and_address(run_cli) -> None:  # noqa: ANN001
+    for command in ("train", "train-base", "evaluate"):
+        result = run_cli(command, "--help")
+        assert result.code == 0 and "--backend" in result.stdout and "--address" in result.stdout
+
+
+def test_bad_backend_options_fail_in_one_line(run_cli, tiny_project) -> None:  # noqa: ANN001
+    params, processed, split = tiny_project
+    common = ["-p", params, "--processed", processed, "--split", split]
+    bad_address = run_cli("train", "-s", "finetune", *common, "--backend", "ray", "--address", "nowhere")
+    assert bad_address.code == 2
+    assert bad_address.stderr.strip() == (
+        "error: the command line: compute.address: not a Ray address; use local, auto or HOST:PORT "
+        "(e.g. 10.0.0.5:6379) (got 'nowhere')"
+    )
+    two_outs = run_cli("train", "-s", "finetune", "-s", "replay", *common, "--out", "somewhere")
+    assert two_outs.code == 2 and "leave it out when training several strategies" in two_outs.stderr
+    assert "Traceback" not in bad_address.stderr + two_outs.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_grid_leaves_no_partial_output_and_a_rerun_completes(
+    cluster: RayNodes, tiny_project, tmp_path: Path
+) -> None:
+    """Ctrl-C in `gil train -s finetune -s replay --backend ray` once the first runs are written:
+    no half-written checkpoint, no MLflow run left RUNNING; the same command then finishes the grid."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    params_file, processed, split = tiny_project
+    params = yaml.safe_load(params_file.read_text())
+    params["train"] |= {"seeds": [0, 1], "epochs_per_stage": 8, "threads": 1}
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    params["tracking"] = {"enabled": True, "uri": uri, "register_models": False}
+    params["compute"] = {"backend": "ray", "address": cluster.address}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "gil.cli", "train", "-s", "finetune", "-s", "replay"]
+    command += ["--processed", str(processed), "--split", str(split)]
+    env = {**os.environ, "TQDM_DISABLE": "1", "RAY_AUTH_MODE": "token"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    checkpoints = tmp_path / "checkpoints"
+
+    driver = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as in a terminal (a test runner started in the background may ignore SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 180
+    while not list(checkpoints.glob("*/seed_*/stage_2.pt")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-3000:]
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]  # typer turns Ctrl-C into a quiet exit 130
+    assert not [path for path in checkpoints.rglob("*") if path.name.startswith(".")], "a temporary file was left"
+    for run_dir in checkpoints.glob("*/seed_*"):  # a job's stages arrive together: all or none
+        assert sorted(path.name for path in run_dir.iterdir()) == ["stage_0.pt", "stage_1.pt", "stage_2.pt"]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gil-synthetic").experiment_id
+    assert not [run for run in client.search_runs([experiment]) if run.info.status == "RUNNING"]
+    done_before = len(list(checkpoints.glob("*/seed_*")))
+    assert 1 <= done_before < 4, "the interrupt came too late to test anything"
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name in ("finetune", "replay"):
+        for seed in (0, 1):
+            assert stage_path(checkpoints / name / f"seed_{seed}", 2).exists()
+    runs = client.search_runs([experiment])
+    parents = [run for run in runs if run.data.tags["gil.kind"] == "parent" and run.data.tags["gil.superseded"] == "false"]
+    assert sorted((run.data.tags["gil.strategy"], run.data.tags["gil.seed"]) for run in parents) == [
+        ("finetune", "0"), ("finetune", "1"), ("replay", "0"), ("replay", "1")
+    ]
+    assert all(run.info.status == "FINISHED" for run in parents)
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+    assert "ran on node" in rerun.stdout
