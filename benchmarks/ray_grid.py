@@ -137,7 +137,9 @@ def main() -> None:
             idle = _config(args.params, args.epochs, backend="ray", cpus_per_job=cores)  # one at a time
             seeds = local.train.seeds
             idle_jobs = [  # each ships its seed's finished stages (and gets nothing back)
-                SeedJob(idle, "finetune", seeds[i % len(seeds)], args.processed, split, root / "ray" / "finetune")
+                SeedJob(
+                    idle, "finetune", seeds[i % len(seeds)], args.processed, split, root / "ray" / "finetune"
+                )
                 for i in range(args.idle_jobs + 1)
             ]
             runner = RayRunner(idle.compute)
@@ -149,22 +151,37 @@ def main() -> None:
     per_idle = seconds["idle tasks"] / args.idle_jobs
     overhead = (seconds["ray"] - seconds["local"]) / n_tasks
     rows = [
-        ("local (compute.jobs %d), stage by stage" % jobs, seconds["local"]),
+        (f"local (compute.jobs {jobs}), stage by stage", seconds["local"]),
         ("ray, stage by stage (as dvc repro)", seconds["ray"]),
         ("ray, base then the whole grid at once", seconds["ray grid"]),
         ("  of which: ray start, per command", seconds["ray start"]),
     ]
-    print(f"{n_tasks} training tasks ({len(local.train.seeds)} seeds x base + {len(local.benchmark)} strategies), "
-          f"{args.epochs} epochs per stage, {cores} cores; every command starts its own local Ray")
+    print(
+        f"{n_tasks} training tasks ({len(local.train.seeds)} seeds x base + "
+        f"{len(local.benchmark)} strategies), "
+        f"{args.epochs} epochs per stage, {cores} cores; every command starts its own local Ray"
+    )
     for label, value in rows:
         print(f"  {label:<40} {value:8.1f} s")
-    print(f"  Ray overhead per task: {per_idle:.2f} s for a task that trains nothing (one at a time, its "
-          f"checkpoints shipped); (ray - local) / tasks = {overhead:+.2f} s of wall time")
+    print(
+        f"  Ray overhead per task: {per_idle:.2f} s for a task that trains nothing (one at a time, its "
+        f"checkpoints shipped); (ray - local) / tasks = {overhead:+.2f} s of wall time"
+    )
     print(f"  checkpoints identical to the local backend's: {same}")
-    print(json.dumps({
-        "epochs": args.epochs, "tasks": n_tasks, "cores": cores, "jobs": jobs, **{k.replace(' ', '_'): round(v, 2) for k, v in seconds.items()},
-        "idle_task_s": round(per_idle, 3), "overhead_per_task_s": round(overhead, 3), "identical": same,
-    }))
+    print(
+        json.dumps(
+            {
+                "epochs": args.epochs,
+                "tasks": n_tasks,
+                "cores": cores,
+                "jobs": jobs,
+                **{k.replace(" ", "_"): round(v, 2) for k, v in seconds.items()},
+                "idle_task_s": round(per_idle, 3),
+                "overhead_per_task_s": round(overhead, 3),
+                "identical": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def ray_cluster(
         deadline = time.monotonic() + timeout
         address_file = Path(temp_dir) / "ray_current_cluster"
         while (address := _bound_address(address_file)) is None:
-            assert processes[0].poll() is None and time.monotonic() < deadline, (logs / "ray-head.log").read_text()
+            assert processes[0].poll() is None and time.monotonic() < deadline, (
+                logs / "ray-head.log"
+            ).read_text()
             time.sleep(0.5)
         for index, options in enumerate(workers):
             processes.append(_ray_start(["--address", address, *options], logs / f"ray-node-{index}.log"))

@@ -83,7 +83,9 @@ def test_compute_settings_are_no_dvc_dependency_and_no_run_identity() -> None:
         (["2"], None, "cuda:2"),  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: every GPU visible
     ],
 )
-def test_the_gpu_ray_assigns_becomes_the_torch_device(gpu_ids: list[str], visible: str | None, device: str) -> None:
+def test_the_gpu_ray_assigns_becomes_the_torch_device(
+    gpu_ids: list[str], visible: str | None, device: str
+) -> None:
     assert device_of_assignment(gpu_ids, visible) == device
 
 
@@ -95,7 +97,14 @@ def test_an_assigned_gpu_that_is_not_visible_is_refused() -> None:
 def test_local_workers_take_the_devices_in_turn() -> None:
     config = _config(jobs=3, devices=["cuda:0", "cuda:1"])
     data = make_processed(n_cells=40, n_genes=20)
-    jobs = seed_jobs(config, [0, 1, 2], data, strategy_name="finetune", split=make_split(data, genes_per_stage=4), checkpoints=Path("x"))
+    jobs = seed_jobs(
+        config,
+        [0, 1, 2],
+        data,
+        strategy_name="finetune",
+        split=make_split(data, genes_per_stage=4),
+        checkpoints=Path("x"),
+    )
     assert [job.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
     assert [job.worker_config().train.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
     assert spread_devices(None, 2) == [None, None]
@@ -220,7 +229,9 @@ def _layout(uri: str) -> dict:
         }
         layout[key] = (parent.data.tags["gil.strategy"] if parent else None, run.data.params, history)
     models = {
-        model.name: sorted((v.tags["seed"], v.tags["stage"]) for v in client.search_model_versions(f"name='{model.name}'"))
+        model.name: sorted(
+            (v.tags["seed"], v.tags["stage"]) for v in client.search_model_versions(f"name='{model.name}'")
+        )
         for model in client.search_registered_models()
     }
     return {"runs": layout, "models": models}
@@ -243,7 +254,9 @@ def test_the_grid_on_two_nodes_gives_the_local_results(cluster: RayNodes, on_dis
         uris[backend] = f"sqlite:///{tmp_path / backend / 'mlflow.db'}"
         with isolated_mlflow():
             tracker = MlflowTracker(uris[backend], "gil-test")
-            documents[backend] = _train_and_evaluate(_config(backend=backend), data, split, tmp_path / backend, tracker, run)
+            documents[backend] = _train_and_evaluate(
+                _config(backend=backend), data, split, tmp_path / backend, tracker, run
+            )
     nodes = {placement.node_id for placement in runner.placements}
     assert len(nodes) == 2, "the tasks must have run on both nodes"
     assert len(runner.placements) == 2 + 4 + 4  # base, grid, evaluation
@@ -317,7 +330,16 @@ def test_a_task_whose_worker_dies_mid_stage_resumes_and_the_grid_completes(
         uris[backend] = f"sqlite:///{tmp_path / backend / 'mlflow.db'}"
         with isolated_mlflow():
             tracker = MlflowTracker(uris[backend], "gil-test", register_models=False)
-            train_strategies(config, {"finetune": tmp_path / backend / "finetune"}, data, split, tracker=tracker, progress=False, runner=runner, fresh=True)
+            train_strategies(
+                config,
+                {"finetune": tmp_path / backend / "finetune"},
+                data,
+                split,
+                tracker=tracker,
+                progress=False,
+                runner=runner,
+                fresh=True,
+            )
     watcher.join(timeout=60)
     assert killed, "no task worker was killed"
     assert versions and all(len(seen) == 1 for seen in versions.values()), (
@@ -345,12 +367,30 @@ def test_a_seed_that_fails_names_itself_and_the_other_seeds_are_recorded(
     data, split = on_disk
     config = _config(backend="ray")
     # seed 1 has no base checkpoint to import, so its task fails; seed 0 trains
-    train_base(make_config(train={**TRAIN, "seeds": [0], "device": "cpu", "threads": 1}), data, split, tmp_path / "base", progress=False)
+    train_base(
+        make_config(train={**TRAIN, "seeds": [0], "device": "cpu", "threads": 1}),
+        data,
+        split,
+        tmp_path / "base",
+        progress=False,
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with isolated_mlflow():
         tracker = MlflowTracker(uri, "gil-test", register_models=False)
-        with pytest.raises(GilError, match=r"^finetune seed 1: checkpoint .*seed_1/stage_0.pt not found") as failure:
-            train_strategy(config, "finetune", data, split, tmp_path / "out", tracker=tracker, progress=False, base_dir=tmp_path / "base", runner=RayRunner(config.compute))
+        with pytest.raises(
+            GilError, match=r"^finetune seed 1: checkpoint .*seed_1/stage_0.pt not found"
+        ) as failure:
+            train_strategy(
+                config,
+                "finetune",
+                data,
+                split,
+                tmp_path / "out",
+                tracker=tracker,
+                progress=False,
+                base_dir=tmp_path / "base",
+                runner=RayRunner(config.compute),
+            )
     assert "\n" not in str(failure.value)
     assert stage_path(tmp_path / "out" / "seed_0", 2).exists()
     assert not (tmp_path / "out" / "seed_1").exists()
@@ -425,7 +465,9 @@ def test_an_interrupted_grid_leaves_no_partial_output_and_a_rerun_completes(
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]  # typer turns Ctrl-C into a quiet exit 130
-    assert not [path for path in checkpoints.rglob("*") if path.name.startswith(".")], "a temporary file was left"
+    assert not [path for path in checkpoints.rglob("*") if path.name.startswith(".")], (
+        "a temporary file was left"
+    )
     for run_dir in checkpoints.glob("*/seed_*"):  # a job's stages arrive together: all or none
         assert sorted(path.name for path in run_dir.iterdir()) == ["stage_0.pt", "stage_1.pt", "stage_2.pt"]
     client = MlflowClient(uri)
@@ -440,9 +482,16 @@ def test_an_interrupted_grid_leaves_no_partial_output_and_a_rerun_completes(
         for seed in (0, 1):
             assert stage_path(checkpoints / name / f"seed_{seed}", 2).exists()
     runs = client.search_runs([experiment])
-    parents = [run for run in runs if run.data.tags["gil.kind"] == "parent" and run.data.tags["gil.superseded"] == "false"]
+    parents = [
+        run
+        for run in runs
+        if run.data.tags["gil.kind"] == "parent" and run.data.tags["gil.superseded"] == "false"
+    ]
     assert sorted((run.data.tags["gil.strategy"], run.data.tags["gil.seed"]) for run in parents) == [
-        ("finetune", "0"), ("finetune", "1"), ("replay", "0"), ("replay", "1")
+        ("finetune", "0"),
+        ("finetune", "1"),
+        ("replay", "0"),
+        ("replay", "1"),
     ]
     assert all(run.info.status == "FINISHED" for run in parents)
     assert not [run for run in runs if run.info.status == "RUNNING"]

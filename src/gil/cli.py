@@ -220,7 +220,7 @@ def train(
     backend: BackendOption = None,
     address: AddressOption = None,
 ) -> None:
-    """Train the base stage then stages 1..n with one strategy (or several), for every seed (resumes automatically)."""
+    """Train stages 0..n of one strategy or several, for every seed (resumes automatically)."""
     from gil.train.loop import train_strategies
 
     config = _with_compute(_config(params), jobs=jobs, backend=backend, address=address)

@@ -336,9 +336,13 @@ def evaluate_strategy(
     if runner is None:
         evaluations = ((seed, evaluator.evaluate_seed(seed, reference)) for seed in config.train.seeds)
     else:
-        jobs = seed_jobs(config, config.train.seeds, data, strategy_name=strategy, split=split, checkpoints=checkpoints)
+        jobs = seed_jobs(
+            config, config.train.seeds, data, strategy_name=strategy, split=split, checkpoints=checkpoints
+        )
         work = partial(_evaluate_job, reference=reference)
-        evaluations = ((job.seed, result) for job, result in runner(work, jobs, f"evaluate {strategy}", False))
+        evaluations = (
+            (job.seed, result) for job, result in runner(work, jobs, f"evaluate {strategy}", False)
+        )
     per_seed: dict[str, dict[str, Any]] = {}
     for seed, evaluation in evaluations:
         per_seed[str(seed)] = evaluation.summary(split.tasks, reference)

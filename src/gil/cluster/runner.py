@@ -74,7 +74,9 @@ def task_device() -> str:
 
 
 @ray.remote
-def _run_task(work: Work, job: SeedJob, files: dict[str, bytes], scratch: str | None, key: str, label: str) -> _TaskResult:
+def _run_task(
+    work: Work, job: SeedJob, files: dict[str, bytes], scratch: str | None, key: str, label: str
+) -> _TaskResult:
     """One job in a Ray worker: unpack its checkpoints under a scratch directory, run, return the new ones."""
     root = Path(scratch or tempfile.gettempdir()) / "gil-ray" / key
     device = task_device()
@@ -95,7 +97,9 @@ def _run_task(work: Work, job: SeedJob, files: dict[str, bytes], scratch: str | 
     finally:
         shutil.rmtree(root, ignore_errors=True)
     context = ray.get_runtime_context()
-    placement = Placement(label, job.strategy_name, job.seed, context.get_node_id(), ray.util.get_node_ip_address(), device)
+    placement = Placement(
+        label, job.strategy_name, job.seed, context.get_node_id(), ray.util.get_node_ip_address(), device
+    )
     return _TaskResult(result, outputs, placement)
 
 
@@ -126,7 +130,8 @@ class RayRunner:
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         if self.compute.gpus_per_job > 0 and not gpus:
             raise GilError(
-                f"compute.gpus_per_job is {self.compute.gpus_per_job} but the Ray cluster has no GPU; set it to 0"
+                f"compute.gpus_per_job is {self.compute.gpus_per_job} but the Ray cluster has no GPU; "
+                "set it to 0"
             )
         device = jobs[0].config.train.device
         if device.startswith("cuda") and self.compute.gpus_per_job == 0:
@@ -135,7 +140,9 @@ class RayRunner:
                 "set compute.gpus_per_job (e.g. 1) or train.device: auto"
             )
 
-    def __call__(self, work: Work, jobs: list[SeedJob], label: str, progress: bool) -> Iterator[tuple[SeedJob, Any]]:
+    def __call__(
+        self, work: Work, jobs: list[SeedJob], label: str, progress: bool
+    ) -> Iterator[tuple[SeedJob, Any]]:
         """Submit every job at once; yield ``(job, result)`` as they finish, their checkpoints written."""
         self._check_resources(jobs)
         self._calls += 1
@@ -151,7 +158,12 @@ class RayRunner:
             files = {name: path.read_bytes() for name, path in job.inputs().items()}
             key = f"{self.command}/{self._calls}/{job.strategy_name or 'base'}-seed{job.seed}"
             pending[task.remote(work, shipped, files, self.compute.scratch_path, key, label)] = job
-        bar = tqdm(total=len(jobs), desc=f"{label}: {len(jobs)} Ray tasks", unit="job", disable=None if progress else True)
+        bar = tqdm(
+            total=len(jobs),
+            desc=f"{label}: {len(jobs)} Ray tasks",
+            unit="job",
+            disable=None if progress else True,
+        )
         failure: BaseException | None = None
         try:
             while pending:

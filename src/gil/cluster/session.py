@@ -30,7 +30,9 @@ def ray_session(address: str) -> Iterator[None]:
     if address == "local":
         # address="local" always starts a new Ray: without it, ray.init joins whatever cluster
         # /tmp/ray/ray_current_cluster names (someone else's, or a dead one).
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(
+            address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1"
+        )
     else:
         # Ray 2.60 heads use token auth by default (token in ~/.ray/auth_token), but ray.init with
         # an explicit address only sends it when RAY_AUTH_MODE=token was set before Ray was

@@ -53,7 +53,9 @@ def pick_device(setting: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; ``cuda:<i>`` must exist."""
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise GilError(f"train.device is {setting!r} but no CUDA device is available; set train.device: auto")
+            raise GilError(
+                f"train.device is {setting!r} but no CUDA device is available; set train.device: auto"
+            )
         index = int(setting.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise GilError(
