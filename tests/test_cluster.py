@@ -468,12 +468,13 @@ def test_an_interrupted_grid_leaves_no_partial_output_and_a_rerun_completes(
     assert not [path for path in checkpoints.rglob("*") if path.name.startswith(".")], (
         "a temporary file was left"
     )
-    for run_dir in checkpoints.glob("*/seed_*"):  # a job's stages arrive together: all or none
-        assert sorted(path.name for path in run_dir.iterdir()) == ["stage_0.pt", "stage_1.pt", "stage_2.pt"]
+    for run_dir in checkpoints.glob("*/seed_*"):  # complete files of stages 0..k only
+        names = sorted(path.name for path in run_dir.iterdir())
+        assert names == [f"stage_{stage}.pt" for stage in range(len(names))]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("gil-synthetic").experiment_id
     assert not [run for run in client.search_runs([experiment]) if run.info.status == "RUNNING"]
-    done_before = len(list(checkpoints.glob("*/seed_*")))
+    done_before = len(list(checkpoints.glob("*/seed_*/stage_2.pt")))
     assert 1 <= done_before < 4, "the interrupt came too late to test anything"
 
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

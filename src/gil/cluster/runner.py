@@ -112,9 +112,9 @@ class RayRunner:
 
     compute: ComputeConfig
     placements: list[Placement] = field(default_factory=list)
-    command: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    _shared: dict[Any, tuple[Any, ray.ObjectRef]] = field(default_factory=dict)
-    _calls: int = 0
+    command: str = field(default_factory=lambda: uuid.uuid4().hex[:12], init=False)  # names scratch dirs
+    _shared: dict[Any, tuple[Any, ray.ObjectRef]] = field(default_factory=dict, init=False)
+    _calls: int = field(default=0, init=False)
 
     def _put(self, value: Any) -> ray.ObjectRef:
         """``value`` in the object store, once per command (data loaded from a path is put by path)."""
