@@ -95,12 +95,22 @@ def _run_task(
             if f"{SHIPPED_RUN}/{path.relative_to(run)}" not in files
         }
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        _remove_scratch(root)
     context = ray.get_runtime_context()
     placement = Placement(
         label, job.strategy_name, job.seed, context.get_node_id(), ray.util.get_node_ip_address(), device
     )
     return _TaskResult(result, outputs, placement)
+
+
+def _remove_scratch(root: Path) -> None:
+    """Remove a task's scratch directory, and its command's directories once they are empty."""
+    shutil.rmtree(root, ignore_errors=True)
+    for parent in (root.parent, root.parent.parent):  # <command>/<call>, then <command>
+        try:
+            parent.rmdir()
+        except OSError:  # another task of the command still works there
+            return
 
 
 @dataclass
