@@ -498,3 +498,14 @@ def test_an_interrupted_grid_leaves_no_partial_output_and_a_rerun_completes(
     assert all(run.info.status == "FINISHED" for run in parents)
     assert not [run for run in runs if run.info.status == "RUNNING"]
     assert "ran on node" in rerun.stdout
+
+
+@pytest.mark.slow
+def test_a_cuda_run_without_gpus_per_job_is_refused_before_any_task(cluster: RayNodes, on_disk) -> None:
+    from gil.cluster.runner import RayRunner
+
+    data, split = on_disk
+    config = make_config(train={**TRAIN, "device": "cuda"}, compute={"backend": "ray"})
+    jobs = seed_jobs(config, [0], data, strategy_name="finetune", split=split, checkpoints=Path("unused"))
+    with pytest.raises(GilError, match=r"train.device is 'cuda' but compute.gpus_per_job is 0"):
+        next(RayRunner(config.compute)(len, jobs, "finetune", False))
