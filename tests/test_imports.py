@@ -14,6 +14,8 @@ CORE = [
     "gil.model",
     "gil.strategies",
     "gil.train.loop",
+    "gil.train.parallel",
+    "gil.train.devices",
     "gil.evaluate",
     "gil.metrics",
     "gil.report",
@@ -21,6 +23,7 @@ CORE = [
     "gil.suite",
     "gil.sweep.space",
     "gil.sweep.selection",
+    "gil.cluster",
     "gil.tracking.base",
 ]
 
@@ -43,6 +46,26 @@ def test_core_imports_neither_mlflow_nor_ray() -> None:
 def test_only_tracking_and_sweep_modules_import_them() -> None:
     assert "mlflow" in _loaded_after_import(["gil.tracking.mlflow_tracker"])
     assert "ray" in _loaded_after_import(["gil.sweep.runner"])
+    assert "ray" in _loaded_after_import(["gil.cluster.runner"])
+    assert "mlflow" not in _loaded_after_import(["gil.cluster.runner", "gil.cluster.session"])
+
+
+def test_only_the_sweep_and_cluster_packages_import_ray() -> None:
+    """Read from the source: no module outside gil/sweep and gil/cluster imports Ray, even lazily."""
+    import ast
+    from pathlib import Path
+
+    import gil
+
+    root = Path(gil.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.add(path.relative_to(root).parts[0])
+    assert importers == {"sweep", "cluster"}
 
 
 def test_the_strategy_registry_does_not_import_the_config() -> None:

@@ -86,3 +86,22 @@ def test_push_and_pull_round_trip(own_project) -> None:
     shutil.rmtree(repo / ".dvc" / "cache")
     _run([sys.executable, "-m", "dvc", "pull", "-q"], repo, env)
     assert split_file.read_bytes() == original
+
+
+def test_the_ray_backend_changes_no_dependency_and_no_result(own_project) -> None:
+    """compute.backend: ray is not a DVC dependency (nothing is stale), and retraining a strategy
+    through Ray (a local Ray started by each command) gives the same metrics file, byte for byte."""
+    repo, env = own_project
+    before = (repo / "metrics" / "finetune.json").read_bytes()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["compute"] = {"backend": "ray", "address": "local"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run([sys.executable, "-m", "dvc", "status"], repo, env)
+    stale = {line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace()}
+    assert stale == {"leaderboard"} and "compute" not in status  # (own_project moved the tracking store)
+    _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", "train@finetune"], repo, env)
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    # the new checkpoints' bytes differ (wall-clock timings), the metrics do not
+    assert ran == {"evaluate@finetune", "leaderboard"}
+    assert (repo / "metrics" / "finetune.json").read_bytes() == before

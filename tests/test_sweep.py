@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -519,77 +514,15 @@ def test_pareto_sweep_returns_the_non_dominated_trials(
     assert not (tmp_path / "mlruns").exists()  # tracking disabled: no MLflow at all
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _bound_address(address_file: Path) -> str | None:
-    """The head's ``HOST:PORT`` once it has written it and listens there."""
-    text = address_file.read_text().strip() if address_file.exists() else ""
-    return text if text and _port_open(int(text.rsplit(":", 1)[1])) else None
-
-
 @pytest.mark.slow
 def test_sweep_on_a_ray_cluster(dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path) -> None:
-    """A head started with ``ray start`` (own temp dir, loopback), joined by address, stopped by PID.
-
-    ``--port 0`` lets Ray bind a free port itself (no pick-then-bind race); the head writes the
-    address it bound into its temp dir (``ray_current_cluster``).
-    """
+    """A head started with ``ray start`` (own temp dir, token auth), joined by address, stopped by PID."""
     import ray
+    from _ray_cluster import ray_cluster
 
     ray.shutdown()  # leave the module's local session: this test joins a cluster
-    ray_bin = Path(sys.executable).with_name("ray")
-    temp_dir = tempfile.mkdtemp(prefix="gil-ray-", dir="/tmp")  # Unix socket paths: at most 107 bytes
-    log = (tmp_path / "ray-head.log").open("wb")
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--port",
-            "0",
-            "--temp-dir",
-            temp_dir,
-            "--node-ip-address",
-            "127.0.0.1",
-            "--num-cpus",
-            "2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            "--block",
-        ],
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    address_file = Path(temp_dir) / "ray_current_cluster"
-    try:
-        deadline = time.monotonic() + 60
-        while (address := _bound_address(address_file)) is None:
-            assert head.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "ray-head.log"
-            ).read_text()
-            time.sleep(0.5)
+    with ray_cluster(tmp_path, ["--num-cpus", "2"]) as nodes:
         config = _config(tiny_params, tmp_path, tracking=False, num_samples=2, scheduler="fifo")
-        summary = _sweep(config, dirs, tmp_path, address=address)
+        summary = _sweep(config, dirs, tmp_path, address=nodes.address)
         assert summary["n_complete"] == 2 and math.isfinite(summary["best"]["metrics"]["score"])
         assert not ray.is_initialized()  # run_sweep left the cluster
-    finally:
-        _stop_group(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, the process group of ``process`` (``ray start`` and what it started)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue

@@ -6,6 +6,7 @@ Heavy libraries are imported inside the commands so that ``gil --help`` is insta
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -136,13 +137,53 @@ JobsOption = Annotated[
         "Results do not depend on it.",
     ),
 ]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="local (this machine's processes) or ray (one Ray task per seed; default: compute.backend). "
+        "Results do not depend on it."
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --backend ray: 'local' (Ray on this machine), 'auto' or HOST:PORT of a running "
+        "cluster (default: compute.address)."
+    ),
+]
 
 
-def _with_jobs(config, jobs: int | None):  # noqa: ANN001, ANN202 - Config -> Config
-    """``config`` with ``compute.jobs`` replaced by the command-line value, when one is given."""
-    if jobs is None:
+def _with_compute(config, **overrides):  # noqa: ANN001, ANN003, ANN202 - Config -> Config
+    """``config`` with the ``compute`` values given on the command line (None: keep params'), validated."""
+    from gil.config import config_from_dict
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
         return config
-    return config.model_copy(update={"compute": config.compute.model_copy(update={"jobs": jobs})})
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    raw["compute"] = {**raw.get("compute", {}), **given}
+    return config_from_dict(raw, Path("the command line"))
+
+
+@contextlib.contextmanager
+def _runner(config):  # noqa: ANN001, ANN202 - Config -> Iterator[Runner | None]
+    """None for the local backend; for ``ray`` a Ray session and the runner of its tasks (Ray
+    imported lazily). Prints where each job ran when the command succeeds."""
+    if config.compute.backend == "local":
+        yield None
+        return
+    from gil.cluster.runner import RayRunner
+    from gil.cluster.session import ray_session
+
+    with ray_session(config.compute.address):
+        runner = RayRunner(config.compute)
+        yield runner
+        nodes = sorted({placement.node_id for placement in runner.placements})
+        for placement in runner.placements:
+            typer.echo(
+                f"{placement.strategy or 'base'} seed {placement.seed}: ran on node "
+                f"{nodes.index(placement.node_id) + 1}/{len(nodes)} ({placement.node_ip}, {placement.device})"
+            )
 
 
 def _tracker(config):  # noqa: ANN001, ANN202 - Config -> Tracker
@@ -184,12 +225,21 @@ FreshOption = Annotated[bool, typer.Option(help="Discard existing checkpoints in
 
 @app.command()
 def train(
-    strategy: StrategyOption,
+    strategy: Annotated[
+        list[str],
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="A name under 'strategies' in params; repeat it to train several strategies at once "
+            "(with --backend ray their seeds all run concurrently).",
+        ),
+    ],
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = None,
     split_dir: SplitOption = None,
     out: Annotated[
-        Path | None, typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>).")
+        Path | None,
+        typer.Option(help="Checkpoint directory (default: checkpoints/<strategy>; one strategy only)."),
     ] = None,
     seed: SeedOption = None,
     fresh: FreshOption = False,
@@ -201,20 +251,36 @@ def train(
         ),
     ] = None,
     jobs: JobsOption = None,
+    backend: BackendOption = None,
+    address: AddressOption = None,
     setting: SettingOption = None,
 ) -> None:
-    """Train the base stage then stages 1..n with one strategy, for every seed (resumes automatically)."""
-    from gil.train.loop import train_strategy
+    """Train stages 0..n of one strategy or several, for every seed (resumes automatically)."""
+    from gil.train.loop import train_strategies
 
-    config = _with_jobs(_config(params, setting), jobs)
-    _require_strategy(config, strategy)
+    config = _with_compute(_config(params, setting), jobs=jobs, backend=backend, address=address)
+    for name in strategy:
+        _require_strategy(config, name)
+    if out is not None and len(strategy) > 1:
+        raise GilError("--out names one strategy's directory; leave it out when training several strategies")
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir, setting)
-    out = _path(out, f"checkpoints/{strategy}", setting)
-    results = train_strategy(
-        config, strategy, data, split, out, seeds=seed, tracker=tracker, tags=tags, fresh=fresh, base_dir=base
-    )
-    _print_speeds(strategy, results)
+    checkpoints = {name: _path(out, f"checkpoints/{name}", setting) for name in dict.fromkeys(strategy)}
+    with _runner(config) as runner:
+        grid = train_strategies(
+            config,
+            checkpoints,
+            data,
+            split,
+            seeds=seed,
+            tracker=tracker,
+            tags=tags,
+            fresh=fresh,
+            base_dir=base,
+            runner=runner,
+        )
+    for name, results in grid.items():
+        _print_speeds(name, results)
 
 
 def _print_speeds(name: str, results: dict) -> None:  # noqa: ANN001
@@ -236,6 +302,8 @@ def train_base_command(
     seed: SeedOption = None,
     fresh: FreshOption = False,
     jobs: JobsOption = None,
+    backend: BackendOption = None,
+    address: AddressOption = None,
     setting: SettingOption = None,
 ) -> None:
     """Train the strategy-independent base stage once per seed, to be shared by every strategy.
@@ -245,15 +313,12 @@ def train_base_command(
     from gil.data.layout import ProcessedData, Split
     from gil.train.loop import train_base
 
-    config = _with_jobs(_config(params, setting), jobs)
-    results = train_base(
-        config,
-        ProcessedData.load(_path(processed, PROCESSED, setting)),
-        Split.load(_path(split_dir, SPLIT, setting)),
-        _path(out, "checkpoints/base", setting),
-        seeds=seed,
-        fresh=fresh,
-    )
+    config = _with_compute(_config(params, setting), jobs=jobs, backend=backend, address=address)
+    data = ProcessedData.load(_path(processed, PROCESSED, setting))
+    split = Split.load(_path(split_dir, SPLIT, setting))
+    out = _path(out, "checkpoints/base", setting)
+    with _runner(config) as runner:
+        results = train_base(config, data, split, out, seeds=seed, fresh=fresh, runner=runner)
     _print_speeds("base", results)
 
 
@@ -301,29 +366,33 @@ def evaluate(
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Metrics file (default: metrics/<strategy>.json).")] = None,
+    backend: BackendOption = None,
+    address: AddressOption = None,
     setting: SettingOption = None,
 ) -> None:
     """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
     from gil.evaluate import evaluate_strategy
     from gil.files import read_json, write_json
 
-    config = _config(params, setting)
+    config = _with_compute(_config(params, setting), backend=backend, address=address)
     _require_strategy(config, strategy)
     reference_file = _path(reference_file, REFERENCE, setting)
     # Absent (a run outside the pipeline): evaluate_strategy computes the same points itself.
     reference_document = read_json(reference_file) if reference_file.is_file() else None
     tracker = _tracker(config)
     data, split, tags = _inputs(config, processed, split_dir, setting)
-    document = evaluate_strategy(
-        config,
-        strategy,
-        data,
-        split,
-        _path(checkpoints, f"checkpoints/{strategy}", setting),
-        tracker=tracker,
-        tags=tags,
-        reference=reference_document,
-    )
+    with _runner(config) as runner:
+        document = evaluate_strategy(
+            config,
+            strategy,
+            data,
+            split,
+            _path(checkpoints, f"checkpoints/{strategy}", setting),
+            tracker=tracker,
+            tags=tags,
+            reference=reference_document,
+            runner=runner,
+        )
     if setting is not None:
         document = {"setting": setting, **document}
     out = _path(out, f"metrics/{strategy}.json", setting)

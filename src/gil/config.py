@@ -7,11 +7,12 @@ the parameter model that each strategy declares (see :mod:`gil.strategies`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gil.errors import GilError
 
@@ -229,18 +230,64 @@ class TrainConfig(Section):
     # with weights (uniform | log1p | shifted), the others uniformly.
     gene_sampling: Literal["uniform", "log1p", "shifted"] = "log1p"
     weighted_fraction: float = Field(0.5, ge=0, le=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto | cpu | cuda | cuda:<index>. A Ray task or a `compute.devices` worker gets its own device.
+    device: str = "auto"
     # torch threads of each training process (null: torch's default, all cores). Part of what a CPU
     # run's exact numbers depend on: threads split float sums, so the rounding changes with them.
     threads: int | None = Field(None, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _device_is_a_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError("not a device; use auto, cpu, cuda or cuda:<index>")
+        return value
+
 
 class ComputeConfig(Section):
-    """How the work is spread over processes; results do not depend on it (so DVC does not track it)."""
+    """How the work is spread over processes, devices and machines.
+
+    Results do not depend on it (tested: the same checkpoints and metrics with every backend), so
+    DVC does not track it and it is not part of a run's identity.
+    """
 
     # Seeds trained at once, each in its own process with train.threads threads. On a CPU, several
     # one-thread processes use the cores better than one process whose threads wait on each other.
     jobs: int = Field(1, ge=1)
+    # local backend: devices the worker processes take in turn (seed i on devices[i % len]), e.g.
+    # [cuda:0, cuda:1] on a machine with two GPUs; null: every process uses train.device.
+    devices: list[str] | None = Field(None, min_length=1)
+    # local: this machine's processes (`jobs`); ray: one Ray task per (strategy, seed), see gil.cluster.
+    backend: Literal["local", "ray"] = "local"
+    # ray backend: `local` (Ray on this machine, 127.0.0.1), `auto` or HOST:PORT of a running cluster.
+    address: str = "local"
+    cpus_per_job: float = Field(1.0, gt=0)
+    gpus_per_job: float = Field(0.0, ge=0)
+    # ray backend: retries of a task whose worker or node died (it resumes from its last finished
+    # stage on the same node, or anywhere when scratch_path is shared by every node).
+    max_retries: int = Field(2, ge=0)
+    # ray backend: where tasks keep their stage checkpoints until the driver has them; null: the
+    # node's temporary directory. Outputs are always written by the driver.
+    scratch_path: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_an_address(cls, value: str) -> str:
+        if not re.fullmatch(r"local|auto|[A-Za-z0-9.\-]+:[0-9]+", value):
+            raise ValueError("not a Ray address; use local, auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+        return value
+
+    @model_validator(mode="after")
+    def _devices_are_devices(self) -> ComputeConfig:
+        bad = [device for device in self.devices or [] if not re.fullmatch(r"cpu|cuda:[0-9]+", device)]
+        if bad:
+            raise ValueError(f"devices: {bad} are not devices; use cpu or cuda:<index> (e.g. cuda:1)")
+        if self.devices and self.jobs < len(self.devices):
+            raise ValueError(
+                f"jobs ({self.jobs}) is less than the number of devices ({len(self.devices)}): "
+                f"set compute.jobs to at least {len(self.devices)}"
+            )
+        return self
 
 
 class ProbeConfig(Section):

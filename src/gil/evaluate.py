@@ -17,6 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from gil.reference import check_reference, compute_reference
 from gil.scoring import EvaluationInputs
 from gil.tracking.base import NullTracker, Tracker
 from gil.train.checkpoint import load_checkpoint, stage_path
+from gil.train.devices import on_device
 from gil.train.loop import load_stage_model, record_of, run_fingerprint
+from gil.train.parallel import Runner, SeedJob, seed_jobs
 
 HEADLINE = (
     "pooled masked-value MSE of the MLM head over all masked positions of each gene set "
@@ -313,6 +316,7 @@ def evaluate_strategy(
     tracker: Tracker | None = None,
     tags: dict[str, str] | None = None,
     reference: dict[str, Any] | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """The metrics document of one strategy over all seeds (see the module docstring).
 
@@ -323,18 +327,31 @@ def evaluate_strategy(
     once the seed is evaluated, so an evaluation that fails leaves the run as it was. Seeds are
     evaluated in this process even when ``compute.jobs`` > 1: a seed takes a few seconds here, less
     than starting a worker process (measured: 23.5 s sequential vs 33.4 s with three workers).
+    With a ``runner`` (Ray tasks on a cluster) each seed is a job; this process still does all
+    the recording, seed by seed as they arrive.
     """
     tracker = tracker or NullTracker()
-    evaluator = Evaluator(config, strategy, data, split, checkpoints)
+    here = on_device(config, "cpu") if runner is not None else config  # else the workers score
+    evaluator = Evaluator(here, strategy, data, split, checkpoints)
     evaluator.check_checkpoints()
     if reference is None:
-        reference = compute_reference(config, data, split)
+        reference = compute_reference(here, data, split)
     check_reference(reference, split, config)
+    if runner is None:
+        evaluations = ((seed, evaluator.evaluate_seed(seed, reference)) for seed in config.train.seeds)
+    else:
+        jobs = seed_jobs(
+            config, config.train.seeds, data, strategy_name=strategy, split=split, checkpoints=checkpoints
+        )
+        work = partial(_evaluate_job, reference=reference)
+        evaluations = (
+            (job.seed, result) for job, result in runner(work, jobs, f"evaluate {strategy}", False)
+        )
     per_seed: dict[str, dict[str, Any]] = {}
-    for seed in config.train.seeds:
-        evaluation = evaluator.evaluate_seed(seed, reference)
+    for seed, evaluation in evaluations:
         per_seed[str(seed)] = evaluation.summary(split.tasks, reference)
         _record_seed(tracker, config, strategy, seed, evaluation, per_seed[str(seed)], split.set_names, tags)
+    per_seed = {str(seed): per_seed[str(seed)] for seed in config.train.seeds}
     document = {
         "strategy": strategy,
         "kind": config.strategies[strategy].kind,
@@ -346,3 +363,9 @@ def evaluate_strategy(
         "per_seed": per_seed,
     }
     return finite_or_none(document)
+
+
+def _evaluate_job(job: SeedJob, reference: dict[str, Any]) -> SeedEvaluation:
+    """Worker entry point: score one seed's checkpoints (no tracker)."""
+    evaluator = Evaluator(job.worker_config(), job.strategy_name, job.load_data(), job.split, job.checkpoints)
+    return evaluator.evaluate_seed(job.seed, reference)

@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps (the only package that imports Ray).
+"""Hyperparameter sweeps (with :mod:`gil.cluster`, the only packages that import Ray).
 
 :mod:`gil.sweep.space` validates the ``sweep:`` section of ``params.yaml`` (search spaces, objective)
 without importing Ray; :mod:`gil.sweep.runner` runs the sweep with Ray Tune, Optuna and ASHA

@@ -33,7 +33,6 @@ Decisions (why):
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from gil.cluster.session import ray_session
 from gil.config import Config, flatten
 from gil.data.layout import ProcessedData, Split
 from gil.errors import GilError
@@ -117,43 +117,6 @@ def _tune_config(
 
 
 # --- the driver -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _ray_session(address: str) -> Iterator[None]:
-    """Start or join Ray for the sweep; an already initialised session (tests, notebooks) is reused.
-
-    ``local`` starts Ray on this machine bound to 127.0.0.1 with all its cores; ``auto`` or
-    ``HOST:PORT`` joins a running cluster (``ray start --head``).
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
-    else:
-        # Ray 2.60 heads use token auth by default (token in ~/.ray/auth_token), but ray.init with
-        # an explicit address only sends it when RAY_AUTH_MODE=token was set before Ray was
-        # imported. Ray's own rule for address="auto" fixes that: token mode when RAY_AUTH_MODE
-        # is unset and a token exists (a private function; ray is pinned to 2.60.x).
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-        try:
-            ray.init(address=address)
-        except (ConnectionError, RuntimeError) as error:
-            raise GilError(
-                f"cannot connect to the Ray cluster at {address!r} ({error}); is `ray start "
-                f"--head` running there, and is RAY_AUTH_MODE the same as on the head?"
-            ) from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _gpus_per_trial(requested: float | None, max_concurrent: int) -> float:
@@ -284,7 +247,7 @@ def run_sweep(
         **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()},
     }
     with (
-        _ray_session(address),
+        ray_session(address),
         _sweep_tracking(config, strategy, sweep_name, parent_params, max_concurrent) as tracking,
     ):
         resources = {

@@ -42,8 +42,9 @@ from gil.train.checkpoint import (
     save_checkpoint,
     stage_path,
 )
+from gil.train.devices import on_device
 from gil.train.diagnostics import mean_row_cosine
-from gil.train.parallel import SeedJob, run_seeds_in_processes, seed_jobs
+from gil.train.parallel import Runner, SeedJob, run_seeds_in_processes, seed_jobs
 
 
 def derive_seed(*parts: int) -> int:
@@ -52,9 +53,18 @@ def derive_seed(*parts: int) -> int:
 
 
 def pick_device(setting: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise GilError("train.device is 'cuda' but no CUDA device is available; set train.device: auto")
+    """``auto`` picks CUDA when available, else the CPU; ``cuda:<i>`` must exist."""
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GilError(
+                f"train.device is {setting!r} but no CUDA device is available; set train.device: auto"
+            )
+        index = int(setting.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise GilError(
+                f"device {setting!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); fix compute.devices or train.device"
+            )
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
@@ -335,13 +345,14 @@ class StageTrainer:
         )
         return path
 
-    def restore(self, stage: int) -> None:
-        """Load the checkpoint of ``stage`` into the model and the strategy."""
+    def restore(self, stage: int) -> dict:
+        """Load the checkpoint of ``stage`` into the model and the strategy; return its payload."""
         payload = load_checkpoint(stage_path(self.run_dir, stage), self.fingerprint)
         self.model.grow_vocabulary(int(payload["n_tokens"]))
         self.model.load_state_dict(payload["model"])
         self.model.to(self.device)
         self.strategy.load_state_dict(payload["strategy_state"])
+        return payload
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -387,14 +398,22 @@ class StageTrainer:
         self.tracker.log_stage_model(record.stage, self.model, self.vocab.genes_through(record.stage))
         self.tracker.end_stage()
 
-    def log_trained_stages(self, records: list[StageRecord]) -> None:
-        """Record stages that another process trained, from their checkpoints, as :meth:`run` would."""
-        for record in records:
-            self.tracker.begin_stage(record.stage)
-            self.restore(record.stage)
+    def log_trained_stages(self, first: int) -> list[StageRecord]:
+        """Record the stages from ``first`` on that another process or machine trained, from their
+        checkpoints, as :meth:`run` would have; return their records.
+
+        From the checkpoints, not from what the worker returned: a Ray task retried after its
+        worker died resumes after the stages its first attempt finished, and returns only its own.
+        """
+        records = []
+        for stage in [stage for stage in completed_stages(self.run_dir) if stage >= first]:
+            self.tracker.begin_stage(stage)
+            record = record_of(self.restore(stage))
             for epoch, epoch_means in enumerate(record.epochs):
                 self.tracker.log_metrics(epoch_means, step=epoch)
             self._log_stage_end(record)
+            records.append(record)
+        return records
 
 
 def record_of(payload: dict) -> StageRecord:
@@ -429,13 +448,51 @@ def train_strategy(
     fresh: bool = False,
     progress: bool = True,
     base_dir: Path | None = None,
+    runner: Runner | None = None,
 ) -> dict[int, list[StageRecord]]:
     """Train ``strategy_name`` for every seed into ``checkpoints/seed_<seed>/stage_<k>.pt``.
 
-    Each seed is one tracked parent run: opened fresh, or reopened when resuming from checkpoints;
-    an exception marks it FAILED before it propagates. With ``compute.jobs`` > 1 the seeds train in
-    worker processes and each is recorded once it has finished (a seed that fails records nothing;
-    the others are recorded before its error is raised).
+    One strategy of :func:`train_strategies` (see there).
+    """
+    grid = train_strategies(
+        config,
+        {strategy_name: checkpoints},
+        data,
+        split,
+        seeds=seeds,
+        tracker=tracker,
+        tags=tags,
+        fresh=fresh,
+        progress=progress,
+        base_dir=base_dir,
+        runner=runner,
+    )
+    return grid[strategy_name]
+
+
+def train_strategies(
+    config: Config,
+    checkpoints: dict[str, Path],
+    data: ProcessedData,
+    split: Split,
+    seeds: list[int] | None = None,
+    tracker: Tracker | None = None,
+    tags: dict[str, str] | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    base_dir: Path | None = None,
+    runner: Runner | None = None,
+) -> dict[str, dict[int, list[StageRecord]]]:
+    """Train each strategy (the keys of ``checkpoints``, each with its checkpoint directory) for
+    every seed: the grid of (strategy, seed) runs.
+
+    Each run is one tracked parent run: opened fresh, or reopened when resuming from checkpoints;
+    an exception marks it FAILED before it propagates. Without a ``runner`` and with
+    ``compute.jobs`` 1 the runs train here one after another, logging as they go. Otherwise every
+    run is a job of the runner (``compute.jobs`` worker processes, or Ray tasks on a cluster), all
+    submitted at once, and each is recorded once it has finished, from its checkpoints: one
+    process writes to the tracker, and a run that fails records nothing (the others are recorded
+    before its error is raised).
     """
     tracker = tracker or NullTracker()
     use_threads(config)
@@ -443,26 +500,27 @@ def train_strategy(
         **(tags or {}),
         **{f"gil.init.{key}": value for key, value in pretrained_identity(config).items()},
     }
+    seeds = seeds if seeds is not None else config.train.seeds
+    here = runner is None and (config.compute.jobs == 1 or len(checkpoints) * len(seeds) == 1)
     trainers = {
-        seed: StageTrainer(
-            config,
-            strategy_name,
+        (name, seed): StageTrainer(
+            on_device(config, _device_here(config) if here else "cpu"),  # else workers train
+            name,
             seed,
             data,
             split,
-            checkpoints / f"seed_{seed}",
+            directory / f"seed_{seed}",
             tracker=tracker,
             progress=progress,
             base_dir=base_dir,
         )
-        for seed in (seeds if seeds is not None else config.train.seeds)
+        for name, directory in checkpoints.items()
+        for seed in seeds
     }
-    resuming = {seed: _check_resumable(trainer, fresh) for seed, trainer in trainers.items()}
+    resuming = {key: _check_resumable(trainer, fresh) for key, trainer in trainers.items()}
 
-    def record(seed: int, train: Callable[[], list[StageRecord]]) -> list[StageRecord]:
-        tracker.begin_run(
-            strategy_name, seed, run_params(config, strategy_name), tags or {}, resume=resuming[seed]
-        )
+    def record(name: str, seed: int, train: Callable[[], list[StageRecord]]) -> list[StageRecord]:
+        tracker.begin_run(name, seed, run_params(config, name), tags or {}, resume=resuming[name, seed])
         tracker.log_dataset(
             config.dataset.name,
             config.dataset.path,
@@ -478,28 +536,39 @@ def train_strategy(
         tracker.end_run("FINISHED")
         return records
 
-    if config.compute.jobs == 1 or len(trainers) == 1:
-        return {seed: record(seed, partial(trainer.run, fresh=fresh)) for seed, trainer in trainers.items()}
-    jobs = seed_jobs(
-        config,
-        list(trainers),
-        data,
-        strategy_name=strategy_name,
-        split=split,
-        checkpoints=checkpoints,
-        base_dir=base_dir,
-        fresh=fresh,
-    )
-    results = {
-        seed: record(seed, partial(_log_from_checkpoints, trainers[seed], records))
-        for seed, records in run_seeds_in_processes(_train_seed, jobs, strategy_name, progress)
-    }
-    return dict(sorted(results.items()))
+    results: dict[str, dict[int, list[StageRecord]]] = {name: {} for name in checkpoints}
+    if here:
+        for (name, seed), trainer in trainers.items():
+            results[name][seed] = record(name, seed, partial(trainer.run, fresh=fresh))
+        return results
+    # Stages checkpointed before this command were recorded by the run that trained them.
+    first = {key: _resume_stage(trainer, fresh) for key, trainer in trainers.items()}
+    jobs = [
+        job
+        for name, directory in checkpoints.items()
+        for job in seed_jobs(
+            config,
+            seeds,
+            data,
+            strategy_name=name,
+            split=split,
+            checkpoints=directory,
+            base_dir=base_dir,
+            fresh=fresh,
+        )
+    ]
+    label = ", ".join(checkpoints)
+    for job, _ in (runner or run_seeds_in_processes)(_train_seed, jobs, label, progress):
+        key = (job.strategy_name, job.seed)
+        results[job.strategy_name][job.seed] = record(
+            *key, partial(trainers[key].log_trained_stages, first[key])
+        )
+    return {name: dict(sorted(runs.items())) for name, runs in results.items()}
 
 
-def _log_from_checkpoints(trainer: StageTrainer, records: list[StageRecord]) -> list[StageRecord]:
-    trainer.log_trained_stages(records)
-    return records
+def _device_here(config: Config) -> str | None:
+    """The device of runs trained in this process: the single ``compute.devices`` entry, if any."""
+    return config.compute.devices[0] if config.compute.devices else None
 
 
 def _check_resumable(trainer: StageTrainer, fresh: bool) -> bool:
@@ -511,17 +580,23 @@ def _check_resumable(trainer: StageTrainer, fresh: bool) -> bool:
     return False
 
 
+def _resume_stage(trainer: StageTrainer, fresh: bool) -> int:
+    """The first stage the run will train (after its last checkpoint, unless ``fresh``)."""
+    done = [] if fresh else completed_stages(trainer.run_dir)
+    return done[-1] + 1 if done else 0
+
+
 def _train_seed(job: SeedJob) -> list[StageRecord]:
     """Worker entry point: train one seed's remaining stages (no tracker); return its records."""
-    use_threads(job.config)
-    run_dir = job.checkpoints / f"seed_{job.seed}"
+    config = job.worker_config()
+    use_threads(config)
     trainer = StageTrainer(
-        job.config,
+        config,
         job.strategy_name,
         job.seed,
         job.load_data(),
         job.split,
-        run_dir,
+        job.run_dir,
         progress=False,
         base_dir=job.base_dir,
     )
@@ -536,16 +611,35 @@ def train_base(
     seeds: list[int] | None = None,
     fresh: bool = False,
     progress: bool = True,
+    runner: Runner | None = None,
 ) -> dict[int, list[StageRecord]]:
-    """Train the strategy-independent base stage once per seed into ``out/seed_<seed>/stage_0.pt``."""
+    """Train the strategy-independent base stage once per seed into ``out/seed_<seed>/stage_0.pt``.
+
+    Not tracked: every strategy's run records the base stage it imports.
+    """
     use_threads(config)
+    seeds = seeds if seeds is not None else config.train.seeds
+    here = runner is None and (config.compute.jobs == 1 or len(seeds) == 1)
     trainers = {
-        seed: StageTrainer(config, None, seed, data, split, out / f"seed_{seed}", progress=progress)
-        for seed in (seeds if seeds is not None else config.train.seeds)
+        seed: StageTrainer(
+            on_device(config, _device_here(config) if here else "cpu"),
+            None,
+            seed,
+            data,
+            split,
+            out / f"seed_{seed}",
+            progress=progress,
+        )
+        for seed in seeds
     }
-    if config.compute.jobs == 1 or len(trainers) == 1:
+    if here:
         return {seed: trainer.run(fresh=fresh) for seed, trainer in trainers.items()}
+    first = {seed: _resume_stage(trainer, fresh) for seed, trainer in trainers.items()}
     jobs = seed_jobs(
         config, list(trainers), data, strategy_name=None, split=split, checkpoints=out, fresh=fresh
     )
-    return dict(sorted(run_seeds_in_processes(_train_seed, jobs, "base", progress)))
+    results = {
+        job.seed: trainers[job.seed].log_trained_stages(first[job.seed])
+        for job, _ in (runner or run_seeds_in_processes)(_train_seed, jobs, "base", progress)
+    }
+    return dict(sorted(results.items()))
