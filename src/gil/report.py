@@ -172,7 +172,7 @@ def _stat(section: Mapping[str, Any], name: str) -> tuple[float | None, float | 
     return mean, _number(section.get(f"{name}_std"))
 
 
-def _format(mean: float | None, std: float | None = None) -> str:
+def format_stat(mean: float | None, std: float | None = None) -> str:
     """``0.123 ± 0.010``; just the mean when there is no std; ``–`` when there is no mean."""
     if mean is None:
         return _MISSING
@@ -252,7 +252,7 @@ def plot_results_matrix(metrics: Metrics, path: Path | str) -> None:
             continue
         std = None if stds is None else _number(stds[row, col])
         text_color = "white" if image.norm(value) > 0.5 else "black"
-        label = _format(value) if std is None else f"{value:.3f}\n± {std:.3f}"
+        label = format_stat(value) if std is None else f"{value:.3f}\n± {std:.3f}"
         axes.text(col, row, label, ha="center", va="center", color=text_color, fontsize=8)
     axes.set_xticks(range(len(gene_sets)), gene_sets)
     axes.set_yticks(range(len(row_labels)), row_labels)
@@ -405,8 +405,8 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
         probe = metrics.get("probe") if isinstance(metrics.get("probe"), Mapping) else {}
         cells = [
             name,
-            *(_format(*_stat(regression, key)) for _, key in columns),
-            f"{_format(matrix[1, 1])} → {_format(matrix[last, 1])}",
+            *(format_stat(*_stat(regression, key)) for _, key in columns),
+            f"{format_stat(matrix[1, 1])} → {format_stat(matrix[last, 1])}",
             _steps(metrics),
             _probe_delta(probe),
         ]
@@ -417,7 +417,7 @@ def benchmark_table(metrics_by_strategy: Mapping[str, Metrics]) -> str:
 def _probe_delta(probe: Mapping[str, Any]) -> str:
     """``mean ± std over seeds; se <standard error over the probe cells>`` (the se when known)."""
     se = _number(probe.get("delta_se"))
-    text = _format(*_stat(probe, "delta"))
+    text = format_stat(*_stat(probe, "delta"))
     return text if se is None or text == _MISSING else f"{text}; se {se:.3f}"
 
 
@@ -450,7 +450,7 @@ def reference_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[
         skill = _matrix(metrics_by_strategy[name], "skill")
         if skill is None:
             continue
-        cells = [f"{_format(skill[j, j])} → {_format(skill[last, j])}" for j in range(len(gene_sets))]
+        cells = [f"{format_stat(skill[j, j])} → {format_stat(skill[last, j])}" for j in range(len(gene_sets))]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -467,8 +467,8 @@ def probe_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]
     for task in tasks:
         reference = references.get(task)
         if reference is not None:
-            majority = _format(_number(reference["majority_rate"]))
-            raw = [_format(_number(v)) for v in reference["raw_accuracy"]]
+            majority = format_stat(_number(reference["majority_rate"]))
+            raw = [format_stat(_number(v)) for v in reference["raw_accuracy"]]
             lines.append("| " + " | ".join([task, "majority class", *[majority] * n_stages, ""]) + " |")
             lines.append("| " + " | ".join([task, "raw-expression probe", *raw, ""]) + " |")
         for name in names:
@@ -477,9 +477,9 @@ def probe_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]
                 continue
             stds = result.get("accuracy_std") or [None] * n_stages
             accuracy = [
-                _format(_number(a), _number(s)) for a, s in zip(result["accuracy"], stds, strict=True)
+                format_stat(_number(a), _number(s)) for a, s in zip(result["accuracy"], stds, strict=True)
             ]
-            delta = _format(_number(result.get("delta")), _number(result.get("delta_se")))
+            delta = format_stat(_number(result.get("delta")), _number(result.get("delta_se")))
             lines.append("| " + " | ".join([task, name, *accuracy, delta]) + " |")
     return "\n".join(lines) + "\n"
 

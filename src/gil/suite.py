@@ -24,7 +24,7 @@ import pandas as pd
 
 from gil.errors import GilError
 from gil.files import write_json, write_text
-from gil.report import load_metrics, new_figure, report_order, save_png, strategy_colors
+from gil.report import format_stat, load_metrics, new_figure, report_order, save_png, strategy_colors
 from gil.settings import setting_dir
 
 SUITE_METRICS = ("delta", "forgetting", "final_mse", "skill_new", "probe_delta")
@@ -123,9 +123,8 @@ def load_suite(settings: Sequence[str], strategies: Sequence[str], root: Path) -
 
 
 def _cell(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+    """``mean ± std`` as the benchmark report writes it (NaN, e.g. one seed's std, left out)."""
+    return format_stat(*(None if math.isnan(value) else float(value) for value in (mean, std)))
 
 
 def suite_table(per_setting: pd.DataFrame, settings: Sequence[str], order: Sequence[str]) -> str:
