@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import gil_train_command
 from factories import make_config, make_processed, make_split, model_weights, same_weights
 
+from gil.data.vocab import Vocabulary
 from gil.errors import GilError
 from gil.train.checkpoint import completed_stages, load_checkpoint, stage_path
-from gil.train.loop import StageTrainer, train_base, train_strategy
+from gil.train.loop import StageTrainer, lr_factor, run_fingerprint, train_base, train_strategy
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,51 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, t
     assert same_weights(clean, resumed)
     leftovers = [p.name for p in (tmp_path / "killed" / "seed_0").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_the_learning_rate_warms_up_then_stays_or_anneals() -> None:
+    # warm-up over 4 steps: 1/4, 2/4, 3/4, then full; a stage of 12 steps.
+    assert [lr_factor(s, 4, 12, "constant") for s in (0, 1, 3, 4, 11)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, 4, 12, "cosine") for s in range(12)]
+    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0]
+    # after warm-up: 0.5 (1 + cos(pi (s - 4) / 7)), from 1 at step 4 to 0 at the last step, 11
+    assert cosine[4] == 1.0 and cosine[11] == pytest.approx(0.0, abs=1e-12)
+    assert cosine[7] == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 7)))
+    assert all(a > b for a, b in zip(cosine[4:], cosine[5:], strict=False))
+    assert lr_factor(0, 0, 5, "constant") == 1.0  # no warm-up: full rate from the first step
+
+
+def test_the_embedding_table_learns_at_its_own_rate(data_and_split) -> None:
+    # A scale near zero must freeze the gene rows (cosine start/end ~ 1) while every other weight moves.
+    data, split = data_and_split
+    cosines = {}
+    for scale in (1.0, 1e-6):
+        config = make_config(train={**make_config().train.model_dump(), "embedding_lr_scale": scale})
+        trainer = StageTrainer(config, "finetune", 0, data, split, Path("/nonexistent"), progress=False)
+        shared_before = trainer.model.value_encoder[0].weight.detach().clone()
+        record = trainer.train_stage(0)
+        cosines[scale] = record.embedding_cosine[0]
+        assert not torch.equal(shared_before, trainer.model.value_encoder[0].weight)
+    assert cosines[1e-6] > 0.999999 and cosines[1.0] < 0.99
+
+
+def test_a_cosine_schedule_is_a_different_run(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    weights = {}
+    for schedule in ("constant", "cosine"):
+        config = make_config(train={**make_config().train.model_dump(), "lr_schedule": schedule})
+        trainer = StageTrainer(config, "finetune", 0, data, split, tmp_path / schedule, progress=False)
+        trainer.train_stage(0)
+        weights[schedule] = model_weights(trainer)
+    assert not same_weights(weights["constant"], weights["cosine"])
+
+
+def test_new_training_keys_at_their_defaults_keep_old_checkpoints_valid(data_and_split) -> None:
+    data, split = data_and_split
+    config = make_config()
+    vocab = Vocabulary.from_split(split)
+    # computed by the code before lr_schedule and embedding_lr_scale existed: its checkpoints still resume
+    assert run_fingerprint(config, "finetune", 0, vocab, split) == "0b9cad34d772255d"
+    for key, value in (("lr_schedule", "cosine"), ("embedding_lr_scale", 3.0)):
+        changed = make_config(train={**config.train.model_dump(), key: value})
+        assert run_fingerprint(changed, "finetune", 0, vocab, split) != "0b9cad34d772255d"

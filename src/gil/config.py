@@ -224,6 +224,11 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    # After warm-up: constant, or a cosine decay to zero over each stage's steps (each stage anneals).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Learning rate of the gene embedding table, as a multiple of lr (its rows learn only from the
+    # batches holding their gene).
+    embedding_lr_scale: float = Field(1.0, gt=0)
     mask_fraction: float = Field(0.4, gt=0, lt=1)
     mvc_weight: float = Field(1.0, ge=0)
     # How a cell with more than max_seq genes is sampled (gil.data.batches): a fraction of the cells

@@ -5,7 +5,9 @@ Why it is built this way:
 - Every random stream of stage ``k`` (batch order, gene sampling, masks, dropout, new embedding rows)
   is seeded from ``(seed, k)``. A run resumed from the checkpoint of stage ``k-1`` therefore redoes
   stage ``k`` exactly as an uninterrupted run would, and checkpoints need no RNG state.
-- Each stage gets a fresh Adam optimizer with linear warm-up (as in the paper).
+- Each stage gets a fresh Adam optimizer with linear warm-up (as in the paper), then either a
+  constant rate or a cosine decay to zero over the stage's steps (``train.lr_schedule``): training
+  is step-limited here, and annealing within each stage reaches a lower loss in the same steps.
 - The trainer owns the optimizer step; strategies only add named loss terms (see
   :mod:`gil.strategies.base`), which are logged by name.
 - On CUDA the forward pass runs under bf16 autocast; batches are pinned and copied non-blocking.
@@ -13,6 +15,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +78,31 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The multiple of ``train.lr`` for optimizer step ``step`` (0-based) of a stage of ``total`` steps.
+
+    Linear warm-up over ``warmup`` steps, then 1 (``constant``) or a half cosine from 1 down to 0
+    at the stage's last step (``cosine``).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup + 1:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup - 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: GeneTransformer, embedding_lr_scale: float) -> list[dict]:
+    """The gene embedding table, at ``embedding_lr_scale`` x the learning rate, and every other weight.
+
+    Why a group of its own: a gene's row is updated only by the batches that hold the gene, while the
+    shared weights are updated by every batch.
+    """
+    table = model.gene_embedding.weight
+    rest = [p for p in model.parameters() if p is not table]
+    return [{"params": [table], "lr_scale": embedding_lr_scale}, {"params": rest, "lr_scale": 1.0}]
+
+
 def use_threads(config: Config) -> None:
     """Run torch with ``train.threads`` intra-op threads (unset: torch's default)."""
     if config.train.threads is not None:
@@ -130,6 +158,9 @@ def run_fingerprint(
     adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed.
     """
     train = config.train.model_dump(exclude={"seeds", "device", "threads"})
+    for key, default in (("lr_schedule", "constant"), ("embedding_lr_scale", 1.0)):
+        if train[key] == default:  # added later: left out at its default, so older checkpoints resume
+            del train[key]
     pretrained = pretrained_identity(config)
     return fingerprint(
         {
@@ -248,14 +279,14 @@ class StageTrainer:
             self.model.grow_vocabulary(self.vocab.size_through(stage), generator)
             self.model.to(self.device)
         start_rows = self.model.gene_embedding.weight.detach().clone()
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
-        warmup = max(train.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        optimizer = torch.optim.Adam(parameter_groups(self.model, train.embedding_lr_scale), lr=train.lr)
+        n_epochs = self._epochs(stage)
         record = StageRecord(stage=stage)
         started, n_cells = time.perf_counter(), 0
-        for epoch in range(self._epochs(stage)):
+        for epoch in range(n_epochs):
             self.model.train()
             batches = self.strategy.epoch_batches(ctx, rng)
+            stage_steps = n_epochs * len(batches)  # every epoch of a stage has as many batches
             # Summed on the device in float64 (same numbers as Python floats): reading a value
             # every step would wait for the GPU every step.
             sums: dict[str, torch.Tensor] = {}
@@ -280,8 +311,11 @@ class StageTrainer:
                 loss = task + sum(terms.values(), torch.zeros((), device=self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                step = record.optimizer_steps
+                rate = train.lr * lr_factor(step, train.warmup_steps, stage_steps, train.lr_schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate * group["lr_scale"]
                 optimizer.step()
-                schedule.step()
                 n_cells += batch.n_cells
                 record.optimizer_steps += 1
                 for name, value in {"loss": loss, "task_loss": task, **terms}.items():
