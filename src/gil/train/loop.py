@@ -5,9 +5,10 @@ Why it is built this way:
 - Every random stream of stage ``k`` (batch order, gene sampling, masks, dropout, new embedding rows)
   is seeded from ``(seed, k)``. A run resumed from the checkpoint of stage ``k-1`` therefore redoes
   stage ``k`` exactly as an uninterrupted run would, and checkpoints need no RNG state.
-- Each stage gets a fresh Adam optimizer with linear warm-up (as in the paper), then either a
-  constant rate or a cosine decay to zero over the stage's steps (``train.lr_schedule``): training
-  is step-limited here, and annealing within each stage reaches a lower loss in the same steps.
+- Each stage gets a fresh Adam optimizer with linear warm-up (as in the paper), then a constant
+  rate or a cosine decay to zero over the stage's steps (``train.lr_schedule``; on Zeisel the decay
+  learned the last stage's genes worse, so ``constant`` is the default). The gene embedding table
+  has a parameter group of its own (``train.embedding_lr_scale``).
 - The trainer owns the optimizer step; strategies only add named loss terms (see
   :mod:`gil.strategies.base`), which are logged by name.
 - On CUDA the forward pass runs under bf16 autocast; batches are pinned and copied non-blocking.
