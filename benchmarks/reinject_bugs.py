@@ -256,6 +256,27 @@ BUGS = [
         'mode="max" if len(metrics) == 1 else ["max"] * len(metrics),',
         ("test_sweep.py",),
     ),
+    Bug(
+        "train: the embedding table's lr scale ignored",
+        "train/loop.py",
+        'group["lr"] = rate * group["lr_scale"]',
+        'group["lr"] = rate',
+        ("test_train.py",),
+    ),
+    Bug(
+        "train: cosine schedule rising instead of decaying",
+        "train/loop.py",
+        "return 0.5 * (1.0 + math.cos(math.pi * progress))",
+        "return 0.5 * (1.0 - math.cos(math.pi * progress))",
+        ("test_train.py",),
+    ),
+    Bug(
+        "train: embedding_lr_scale always in the fingerprint (old checkpoints refused)",
+        "train/loop.py",
+        '(("lr_schedule", "constant"), ("embedding_lr_scale", 1.0))',
+        '(("lr_schedule", "constant"),)',
+        ("test_train.py",),
+    ),
 ]
 
 
