@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,13 +153,13 @@ def test_the_learning_rate_warms_up_then_stays_or_anneals() -> None:
     assert lr_factor(0, 0, 5, "constant") == 1.0  # no warm-up: full rate from the first step
 
 
-def test_the_embedding_table_learns_at_its_own_rate(data_and_split) -> None:
+def test_the_embedding_table_learns_at_its_own_rate(tmp_path, data_and_split) -> None:
     # A scale near zero must freeze the gene rows (cosine start/end ~ 1) while every other weight moves.
     data, split = data_and_split
     cosines = {}
     for scale in (1.0, 1e-6):
         config = make_config(train={**make_config().train.model_dump(), "embedding_lr_scale": scale})
-        trainer = StageTrainer(config, "finetune", 0, data, split, Path("/nonexistent"), progress=False)
+        trainer = StageTrainer(config, "finetune", 0, data, split, tmp_path / str(scale), progress=False)
         shared_before = trainer.model.value_encoder[0].weight.detach().clone()
         record = trainer.train_stage(0)
         cosines[scale] = record.embedding_cosine[0]
