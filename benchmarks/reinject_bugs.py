@@ -273,9 +273,23 @@ BUGS = [
     Bug(
         "train: embedding_lr_scale always in the fingerprint (old checkpoints refused)",
         "train/loop.py",
-        '(("lr_schedule", "constant"), ("embedding_lr_scale", 1.0))',
-        '(("lr_schedule", "constant"),)',
+        '"embedding_lr_scale": 1.0, ',
+        "",
         ("test_train.py",),
+    ),
+    Bug(
+        "train: mvc_positions all also scores the <cls> and pad positions",
+        "train/loop.py",
+        "scored = batch.gene_sets != NO_SET if",
+        "scored = torch.ones_like(batch.masked) if",
+        ("test_train.py",),
+    ),
+    Bug(
+        "model: the MVC term scored on the masked positions whatever mvc_scored says",
+        "model/transformer.py",
+        "F.mse_loss(output.mvc[mvc_scored], targets[mvc_scored])",
+        "F.mse_loss(output.mvc[masked], targets[masked])",
+        ("test_model.py", "test_train.py"),
     ),
 ]
 

@@ -49,6 +49,22 @@ def test_loss_is_mse_on_masked_positions_only() -> None:
     assert masked_value_loss(out, targets, torch.zeros_like(masked), 1.0).item() == 0.0
 
 
+def test_mvc_scored_on_every_gene_position_when_asked() -> None:
+    """``mvc_scored`` widens the MVC term (the cell embedding must reconstruct unmasked genes too)."""
+    model = _model()
+    genes = torch.tensor([[1, 2, 3, 0]])
+    out = model(genes, torch.zeros(1, 4), genes == 0)
+    targets = torch.tensor([[0.0, 5.0, 2.0, 0.0]])
+    masked = torch.tensor([[False, True, False, False]])
+    scored = torch.tensor([[False, True, True, False]])  # the gene positions: neither <cls> nor pad
+    mvc = ((out.mvc[0, 1] - 5.0) ** 2 + (out.mvc[0, 2] - 2.0) ** 2) / 2
+    expected = (out.mlm[0, 1] - 5.0) ** 2 + 3.0 * mvc
+    assert torch.allclose(masked_value_loss(out, targets, masked, 3.0, mvc_scored=scored), expected)
+    # the MLM term stays on the masked positions: with no masked position only the MVC term is left
+    none_masked = masked_value_loss(out, targets, torch.zeros_like(masked), 3.0, mvc_scored=scored)
+    assert torch.allclose(none_masked, 3.0 * (out.mvc[0, 1:3] - targets[0, 1:3]).pow(2).mean())
+
+
 def test_every_embedding_row_starts_at_the_configured_scale() -> None:
     """Initial and appended rows share ``gene_init_std`` (std 1 rows behind a LayerNorm barely train)."""
     torch.manual_seed(0)

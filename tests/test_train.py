@@ -178,12 +178,34 @@ def test_a_cosine_schedule_is_a_different_run(tmp_path, data_and_split) -> None:
     assert not same_weights(weights["constant"], weights["cosine"])
 
 
+def test_mvc_on_all_positions_scores_the_genes_but_not_cls_or_padding(tmp_path, data_and_split) -> None:
+    data, split = data_and_split
+    losses = {}
+    for positions in ("all", "masked"):
+        train = {**make_config().train.model_dump(), "mvc_positions": positions, "mvc_weight": 2.0}
+        trainer = StageTrainer(
+            make_config(train=train), "finetune", 0, data, split, tmp_path / positions, progress=False
+        )
+        batch = trainer.builder.evaluation_batch(split.cells_of_stage(0)[:8], 0, 0, 0.4, 12)
+        output = trainer.model(batch.genes, batch.values, batch.padding)
+        losses[positions] = trainer.task_loss(batch, output)
+    assert batch.padding.any() and batch.masked.any()  # the check below needs both kinds of position
+    genes = ~batch.padding
+    genes[:, 0] = False  # <cls>
+    mlm = (output.mlm[batch.masked] - batch.targets[batch.masked]).pow(2).mean()
+    mvc_all = (output.mvc[genes] - batch.targets[genes]).pow(2).mean()
+    mvc_masked = (output.mvc[batch.masked] - batch.targets[batch.masked]).pow(2).mean()
+    assert torch.allclose(losses["masked"], mlm + 2.0 * mvc_masked)
+    assert torch.allclose(losses["all"], mlm + 2.0 * mvc_all)
+    assert not torch.allclose(mvc_all, mvc_masked)
+
+
 def test_new_training_keys_at_their_defaults_keep_old_checkpoints_valid(data_and_split) -> None:
     data, split = data_and_split
     config = make_config()
     vocab = Vocabulary.from_split(split)
     # computed by the code before lr_schedule and embedding_lr_scale existed: its checkpoints still resume
     assert run_fingerprint(config, "finetune", 0, vocab, split) == "0b9cad34d772255d"
-    for key, value in (("lr_schedule", "cosine"), ("embedding_lr_scale", 3.0)):
+    for key, value in (("lr_schedule", "cosine"), ("embedding_lr_scale", 3.0), ("mvc_positions", "all")):
         changed = make_config(train={**config.train.model_dump(), key: value})
         assert run_fingerprint(changed, "finetune", 0, vocab, split) != "0b9cad34d772255d"

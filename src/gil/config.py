@@ -231,6 +231,9 @@ class TrainConfig(Section):
     embedding_lr_scale: float = Field(1.0, gt=0)
     mask_fraction: float = Field(0.4, gt=0, lt=1)
     mvc_weight: float = Field(1.0, ge=0)
+    # Positions the MVC head (a gene's value from the <cls> embedding) is scored on: the masked ones
+    # (paper, scGPT) or every gene position, so <cls> must encode the whole cell's profile.
+    mvc_positions: Literal["masked", "all"] = "masked"
     # How a cell with more than max_seq genes is sampled (gil.data.batches): a fraction of the cells
     # with weights (uniform | log1p | shifted), the others uniformly.
     gene_sampling: Literal["uniform", "log1p", "shifted"] = "log1p"

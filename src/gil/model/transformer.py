@@ -231,16 +231,21 @@ def _key_mask(padding: torch.Tensor) -> torch.Tensor | None:
 
 
 def masked_value_loss(
-    output: ModelOutput, targets: torch.Tensor, masked: torch.Tensor, mvc_weight: float
+    output: ModelOutput,
+    targets: torch.Tensor,
+    masked: torch.Tensor,
+    mvc_weight: float,
+    mvc_scored: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Paper loss: MSE of the MLM head plus ``mvc_weight`` x MSE of the MVC head, on masked positions.
+    """Paper loss: MSE of the MLM head on the masked positions plus ``mvc_weight`` x MSE of the MVC
+    head on ``mvc_scored`` (default: the masked positions, as in the paper and scGPT).
 
-    A batch without any masked position contributes zero (not NaN).
+    A term without any position contributes zero (not NaN).
     """
-    if not bool(masked.any()):
-        return output.mlm.sum() * 0.0
-    target = targets[masked]
-    mlm = F.mse_loss(output.mlm[masked], target)
-    if mvc_weight == 0:
-        return mlm
-    return mlm + mvc_weight * F.mse_loss(output.mvc[masked], target)
+    mvc_scored = masked if mvc_scored is None else mvc_scored
+    loss = output.mlm.sum() * 0.0
+    if bool(masked.any()):
+        loss = F.mse_loss(output.mlm[masked], targets[masked])
+    if mvc_weight != 0 and bool(mvc_scored.any()):
+        loss = loss + mvc_weight * F.mse_loss(output.mvc[mvc_scored], targets[mvc_scored])
+    return loss

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from gil.config import Config, run_params
 from gil.data.batches import Batch, BatchBuilder, GeneSampling
 from gil.data.layout import ProcessedData, Split
-from gil.data.vocab import Vocabulary
+from gil.data.vocab import NO_SET, Vocabulary
 from gil.errors import GilError
 from gil.model import GeneTransformer, ModelOutput, masked_value_loss
 from gil.model.scgpt import Imported, import_scgpt
@@ -150,6 +150,10 @@ def _model_identity(config: Config) -> dict:
     return {key: value for key, value in dumped.items() if key not in ("activation", "value_clamp") or value}
 
 
+# Training keys added after checkpoints existed, with the behaviour those checkpoints were trained with.
+TRAIN_KEYS_ADDED_LATER = {"lr_schedule": "constant", "embedding_lr_scale": 1.0, "mvc_positions": "masked"}
+
+
 def run_fingerprint(
     config: Config, strategy_name: str | None, seed: int, vocab: Vocabulary, split: Split
 ) -> str:
@@ -159,8 +163,8 @@ def run_fingerprint(
     adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed.
     """
     train = config.train.model_dump(exclude={"seeds", "device", "threads"})
-    for key, default in (("lr_schedule", "constant"), ("embedding_lr_scale", 1.0)):
-        if train[key] == default:  # added later: left out at its default, so older checkpoints resume
+    for key, default in TRAIN_KEYS_ADDED_LATER.items():
+        if train[key] == default:  # left out at its default, so older checkpoints resume
             del train[key]
     pretrained = pretrained_identity(config)
     return fingerprint(
@@ -242,7 +246,9 @@ class StageTrainer:
     # -- one stage -------------------------------------------------------------------------
 
     def task_loss(self, batch: Batch, output: ModelOutput) -> torch.Tensor:
-        return masked_value_loss(output, batch.targets, batch.masked, self.config.train.mvc_weight)
+        train = self.config.train
+        scored = batch.gene_sets != NO_SET if train.mvc_positions == "all" else None
+        return masked_value_loss(output, batch.targets, batch.masked, train.mvc_weight, scored)
 
     def _context(self, stage: int) -> StageContext:
         return StageContext(
