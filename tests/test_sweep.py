@@ -407,8 +407,8 @@ def _kill_a_trial_after_stage_one(storage: Path) -> tuple[threading.Thread, list
         return pids
 
     def watch() -> None:
-        # generous: on a loaded machine (CI's 2 cores shared) 2 trials took over 2 minutes, and a
-        # watcher that gives up lets the sweep finish uninterrupted
+        # generous: on a loaded machine trials run several times slower, and a watcher that gives up
+        # lets the sweep finish unharmed
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not killed:
             if any('"stage": 1.0' in p.read_text() for p in storage.glob("*/*/result.json")):

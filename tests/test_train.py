@@ -204,7 +204,7 @@ def test_new_training_keys_at_their_defaults_keep_old_checkpoints_valid(data_and
     data, split = data_and_split
     config = make_config()
     vocab = Vocabulary.from_split(split)
-    # computed by the code before lr_schedule and embedding_lr_scale existed: its checkpoints still resume
+    # computed by the code before the keys of TRAIN_KEYS_ADDED_LATER existed: its checkpoints still resume
     assert run_fingerprint(config, "finetune", 0, vocab, split) == "0b9cad34d772255d"
     for key, value in (("lr_schedule", "cosine"), ("embedding_lr_scale", 3.0), ("mvc_positions", "all")):
         changed = make_config(train={**config.train.model_dump(), key: value})
