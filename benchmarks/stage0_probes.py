@@ -18,6 +18,7 @@ import numpy as np
 from gil.config import load_config
 from gil.data.layout import ProcessedData, Split
 from gil.files import read_json
+from gil.reference import check_reference
 from gil.scoring import EvaluationInputs
 from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.loop import load_stage_model, run_fingerprint
@@ -37,6 +38,7 @@ def main() -> None:
     data, split = ProcessedData.load(args.processed), Split.load(args.split)
     inputs = EvaluationInputs(config, data, split)
     reference = read_json(args.reference)
+    check_reference(reference, split, config)  # the gene-mean MSE must come from the same evaluation
     scores: dict[str, list[float]] = {task.name: [] for task in split.tasks}
     for seed in config.train.seeds:
         expected = run_fingerprint(config, None, seed, inputs.vocab, split)
