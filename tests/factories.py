@@ -14,14 +14,20 @@ from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
 
 
 def make_processed(
-    n_cells: int = 160, n_genes: int = 40, density: float = 0.5, seed: int = 0
+    n_cells: int = 160, n_genes: int = 40, density: float = 0.5, seed: int = 0, gene_levels: bool = False
 ) -> ProcessedData:
-    """A random CSR matrix of positive log1p-like values with two cell labels."""
+    """A random CSR matrix of positive log1p-like values with two cell labels.
+
+    ``gene_levels``: every gene has its own typical count (1 to 30), so a model must know a gene's
+    identity to predict its value (otherwise only the cell's label matters).
+    """
     rng = np.random.default_rng(seed)
     kind = rng.integers(0, 2, n_cells)
     dense = rng.random((n_cells, n_genes)) < density
     dense[:, 0] = True  # every cell expresses at least one base gene
-    values = np.where(dense, np.log1p(rng.poisson(3, (n_cells, n_genes)) + 1 + kind[:, None] * 2), 0)
+    level = rng.uniform(1, 30, n_genes) if gene_levels else np.full(n_genes, 3.0)
+    counts = rng.poisson(np.broadcast_to(level, (n_cells, n_genes)))
+    values = np.where(dense, np.log1p(counts + 1 + kind[:, None] * 2), 0)
     indptr = np.concatenate([[0], np.cumsum(dense.sum(axis=1))]).astype(np.int64)
     rows, cols = np.nonzero(dense)
     genes = pd.DataFrame(

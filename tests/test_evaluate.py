@@ -197,6 +197,8 @@ def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) ->
                 "skill_final": regression["skill_final"],
                 "probe_delta": per_seed["probe"]["delta"],
                 "probe_delta_se": per_seed["probe"]["delta_se"],
+                "probe_own_delta": per_seed["probe"]["own_genes"]["delta"],
+                "probe_own_delta_se": per_seed["probe"]["own_genes"]["delta_se"],
                 "optimizer_steps": per_seed["compute"]["optimizer_steps_incremental"],
                 "cells_processed": per_seed["compute"]["cells_processed_incremental"],
             }
@@ -238,6 +240,10 @@ def test_each_stage_run_records_its_own_row_reference_and_probe(trained, documen
         expected["mse_seen"] = row.seen_mse
         probe = evaluation.probes["kind"][stage]
         expected |= {f"probe_kind_{key}": getattr(probe, key) for key in PROBE_KEYS}
+        own = evaluation.own_probes["kind"][stage]
+        assert (own is None) == (stage < 1)  # the task's genes are learned at stage 1
+        if own is not None:
+            expected |= {f"probe_kind_own_{key}": getattr(own, key) for key in PROBE_KEYS}
         assert evaluation.stage_metrics[stage] == pytest.approx(expected)
         np.testing.assert_allclose(evaluation.mse_per_gene[stage, : stage + 1], row.mse_per_gene)
         np.testing.assert_allclose(evaluation.pearson[stage, : stage + 1], row.pearson)

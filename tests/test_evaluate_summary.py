@@ -32,6 +32,9 @@ def _seed_evaluation(mse: list[list[float]], probes: dict[str, list[list[int]]],
         embedding_cosine=np.full((3, 3), 0.5),
         seen_mse=[0.0, 0.0, 0.0],
         probes={name: [_probe(c) for c in per_stage] for name, per_stage in probes.items()},
+        own_probes={
+            name: [None if c is None else _probe(c) for c in per_stage] for name, per_stage in OWN.items()
+        },
         optimizer_steps=steps,
         cells_processed=[s * 10 for s in steps],
         stage_metrics=[],
@@ -46,6 +49,29 @@ PROBES = {
     "middle": [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 1]],  # Δ vs stage 1 (not 0): 0.75 − 1 = −0.25
     "late": [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],  # learned at the last stage: no Δ
 }
+
+# The probe on each task's own genes: none before its stage, none for a task tied to no stage.
+OWN = {
+    "early": [None, None, None],
+    "middle": [None, [1, 1, 1, 1], [0, 0, 1, 1]],  # Δ vs stage 1: 0.5 − 1 = −0.5
+    "late": [None, None, [1, 0, 1, 0]],
+}
+
+
+def test_the_own_genes_probe_delta_runs_from_the_tasks_stage_and_is_nan_without_one() -> None:
+    evaluation = _seed_evaluation([[1, NAN, NAN], [1.5, 2, NAN], [1.8, 3, 6]], PROBES, [10, 20, 30])
+    summary = evaluation.summary(TASKS, REFERENCE)
+    tasks = summary["probe"]["tasks"]
+    middle = tasks["middle"]["own_genes"]
+    assert middle["delta"] == pytest.approx(-0.5) and middle["delta_se"] == pytest.approx(np.std([-1, -1, 0, 0], ddof=1) / 2)
+    assert math.isnan(middle["accuracy"][0]) and middle["accuracy"][1:] == [1.0, 0.5]
+    assert math.isnan(tasks["early"]["own_genes"]["delta"]) and math.isnan(tasks["late"]["own_genes"]["delta"])
+    assert summary["probe"]["own_genes"]["delta"] == pytest.approx(-0.5)  # the only task with a Δ
+    assert summary["probe"]["delta"] == pytest.approx(-0.5)  # the usual probe's Δ is its own
+    document = _aggregate({"0": summary, "1": summary})
+    own = document["probe"]["tasks"]["middle"]["own_genes"]
+    assert own["delta_mean"] == pytest.approx(-0.5) and own["accuracy"][2] == pytest.approx(0.5)
+    assert document["probe"]["own_genes"]["delta_mean"] == pytest.approx(-0.5)
 
 
 def test_a_seed_summary_pins_skill_probe_deltas_and_compute() -> None:

@@ -270,3 +270,57 @@ def test_a_deleted_experiment_and_a_missing_metric_are_named(sqlite_uri: str) ->
         "tracking.experiment$",
     ):
         fetch_leaderboard(sqlite_uri, "gone")
+
+
+def _record_deltas(uri: str, experiment: str, deltas: dict[str, dict[int, float]]) -> None:
+    tracker = MlflowTracker(uri, experiment)
+    for strategy, by_seed in deltas.items():
+        for seed, value in by_seed.items():
+            record_run(tracker, strategy, seed, {"delta": value, "final_mse": 1.0})
+
+
+def test_delta_vs_finetune_is_paired_by_seed_with_a_t_interval(sqlite_uri: str, tmp_path: Path) -> None:
+    finetune = {0: 0.30, 1: 0.50, 2: 0.40}
+    # Recorded out of seed order; diffs −0.20, −0.30, −0.25: mean −0.25, sd 0.05, n 3.
+    replay = {2: 0.15, 0: 0.10, 1: 0.20}
+    _record_deltas(sqlite_uri, "paired", {"finetune": finetune, "replay": replay, "ewc": {1: 0.4}})
+    table = fetch_leaderboard(sqlite_uri, "paired", metric="delta").set_index("strategy")
+    half = 0.95 / (2 * 0.975 * 0.025) ** 0.5 * 0.05 / 3**0.5  # t(0.975, 2) · sd / √n (closed form)
+    assert table.loc[
+        "replay", ["delta_vs_finetune", "delta_vs_finetune_lo", "delta_vs_finetune_hi"]
+    ].tolist() == (pytest.approx([-0.25, -0.25 - half, -0.25 + half]))
+    assert table.loc["ewc", "delta_vs_finetune"] == pytest.approx(-0.1)  # one paired seed: no interval
+    assert table.loc[["ewc", "finetune"], ["delta_vs_finetune_lo", "delta_vs_finetune_hi"]].isna().all().all()
+    assert pd.isna(table.loc["finetune", "delta_vs_finetune"])
+
+    # The same values on other seeds: same unpaired means, another paired interval.
+    _record_deltas(sqlite_uri, "shuffled", {"finetune": finetune, "replay": {0: 0.15, 1: 0.10, 2: 0.20}})
+    shuffled = fetch_leaderboard(sqlite_uri, "shuffled", metric="delta").set_index("strategy")
+    assert shuffled.loc["replay", "delta_mean"] == pytest.approx(table.loc["replay", "delta_mean"])
+    assert shuffled.loc["replay", "delta_vs_finetune"] == pytest.approx(-0.25)
+    assert shuffled.loc["replay", "delta_vs_finetune_hi"] > 0 > table.loc["replay", "delta_vs_finetune_hi"]
+
+    text = run_leaderboard(TrackingConfig(uri=sqlite_uri, experiment="paired"), "unused", "delta", tmp_path)
+    assert text.splitlines()[0].split()[-1] == "delta_vs_finetune"
+    lines = {line.split()[1]: line for line in text.splitlines()[1:4]}
+    assert lines["replay"].endswith("−0.250 [−0.374, −0.126]")
+    assert lines["ewc"].endswith("−0.100 [–, –]") and lines["finetune"].endswith("(reference)")
+    assert "`delta_vs_finetune`: mean over seeds of" in (tmp_path / "leaderboard.md").read_text()
+    csv = pd.read_csv(tmp_path / "leaderboard.csv").set_index("strategy")
+    assert csv.loc["replay", "delta_vs_finetune_lo"] == pytest.approx(-0.25 - half)
+    tracker = MlflowTracker(sqlite_uri, "paired")
+    (board,) = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'leaderboard'")
+    assert board.data.metrics == pytest.approx(
+        {
+            "delta_vs_finetune/replay": -0.25,
+            "delta_vs_finetune_lo/replay": -0.25 - half,
+            "delta_vs_finetune_hi/replay": -0.25 + half,
+            "delta_vs_finetune/ewc": -0.1,
+        }
+    )
+
+
+def test_no_paired_columns_without_a_finetune_run_with_delta(sqlite_uri: str) -> None:
+    _record_deltas(sqlite_uri, "unpaired", {"replay": {0: 0.1, 1: 0.2}, "ewc": {0: 0.3, 1: 0.2}})
+    table = fetch_leaderboard(sqlite_uri, "unpaired", metric="delta")
+    assert not any(column.startswith("delta_vs_") for column in table.columns)

@@ -42,6 +42,25 @@ def test_probe_batch_takes_the_most_expressed_known_genes(builder: BatchBuilder)
     assert bool((again.genes == batch.genes).all()) and bool((again.values == batch.values).all())
 
 
+def test_the_own_genes_input_holds_every_expressed_gene_of_that_set_and_nothing_else(
+    builder: BatchBuilder,
+) -> None:
+    rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:10]
+    batch = builder.probe_batch(rows, known_stage=2, max_seq=32, only_set=1)
+    lengths, columns, values = builder.rows.read(rows)
+    sets = builder.set_of_token[builder.token_of_column[columns]]
+    starts = np.cumsum(lengths) - lengths
+    for i in range(len(rows)):
+        own = slice(starts[i], starts[i] + lengths[i])
+        expected = np.sort(values[own][sets[own] == 1])
+        real = ~batch.padding[i]
+        real[0] = False
+        assert bool((batch.gene_sets[i][real] == 1).all())
+        np.testing.assert_allclose(np.sort(batch.values[i][real].numpy()), expected)
+    with pytest.raises(ValueError, match="not known"):
+        builder.probe_batch(rows, known_stage=1, max_seq=32, only_set=2)
+
+
 def test_input_expression_is_the_probe_input_as_a_matrix(builder: BatchBuilder) -> None:
     rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:6]
     n_base = int((builder.set_of_token == 0).sum())

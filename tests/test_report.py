@@ -255,3 +255,109 @@ def test_intransigence_is_computed_against_the_joint_run_seed_by_seed() -> None:
     assert result["finetune"]["regression"]["intransigence_std"] == pytest.approx(0.0)
     assert result["joint"]["regression"]["intransigence_mean"] == pytest.approx(0.0)
     assert finetune["regression"]["intransigence"] is None  # input untouched
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paired differences to finetune
+
+
+def _seeded(strategy: str, kind: str, values: dict[str, list[float]]) -> dict[str, Any]:
+    """:func:`_metrics` with per-seed summaries: ``values`` maps ``regression.<key>`` or ``probe.delta``
+    to one value per seed "0", "1", "2"."""
+    metrics = _metrics(strategy, kind, 0.1)
+    for seed, summary in metrics["per_seed"].items():
+        summary["probe"] = {"delta": values["probe.delta"][int(seed)]}
+        summary["regression"] |= {
+            key.removeprefix("regression."): column[int(seed)]
+            for key, column in values.items()
+            if key.startswith("regression.")
+        }
+    return metrics
+
+
+FINETUNE_SEEDS = {
+    "regression.delta": [0.30, 0.50, 0.40],
+    "regression.final_mse": [1.00, 1.10, 1.20],
+    "regression.plasticity": [0.40, 0.42, 0.44],
+    "probe.delta": [-0.10, -0.20, -0.15],
+}
+REPLAY_SEEDS = {
+    "regression.delta": [0.10, 0.20, 0.15],  # diffs −0.20, −0.30, −0.25: mean −0.25, sd 0.05
+    "regression.final_mse": [1.05, 1.10, 1.30],  # diffs 0.05, 0, 0.10: mean 0.05, sd 0.05
+    "regression.plasticity": [0.40, 0.42, 0.44],  # identical: exactly 0
+    "probe.delta": [-0.05, -0.10, -0.05],  # diffs 0.05, 0.10, 0.10: mean 0.0833, sd 0.0289
+}
+
+
+def test_paired_section_and_json_by_hand(tmp_path: Path) -> None:
+    documents = [_seeded("finetune", "finetune", FINETUNE_SEEDS), _seeded("replay", "replay", REPLAY_SEEDS)]
+    paths = [tmp_path / f"{m['strategy']}.json" for m in documents]
+    for path, metrics in zip(paths, documents, strict=True):
+        write_json(path, metrics)
+    out_md = tmp_path / "reports" / "benchmark.md"
+    run_report(paths, out_md, tmp_path / "plots")
+
+    # half-widths t(0.975, 2) · sd / √3 with t = 4.302653: sd 0.05 → 0.124207; sd 0.028868 → 0.071714
+    report = out_md.read_text()
+    section = report.split("## Paired differences to fine-tuning (95 % t interval over seeds)\n\n")[1]
+    rows = section.split("\n\n")[0].splitlines()
+    assert rows[0] == "| strategy | paired seeds | Δ | final MSE | new-gene MSE | probe Δ | verdict on Δ |"
+    assert rows[2:] == [
+        "| replay | 3 | −0.250 [−0.374, −0.126] | +0.050 [−0.074, +0.174] | +0.000 [+0.000, +0.000] "
+        "| +0.083 [+0.012, +0.155] | resolved: lower than finetune |"
+    ]
+    paired = json.loads((tmp_path / "reports" / "paired.json").read_text())
+    assert paired["reference"] == "finetune" and paired["confidence"] == 0.95
+    delta = paired["strategies"]["replay"]["delta"]
+    assert delta["n"] == 3 and delta["verdict"] == "resolved: lower than finetune"
+    assert (delta["mean"], delta["low"], delta["high"]) == pytest.approx(
+        (-0.25, -0.374207, -0.125793), abs=1e-6
+    )
+    assert paired["strategies"]["replay"]["new_gene_mse"] == {
+        "mean": 0.0,
+        "low": 0.0,
+        "high": 0.0,
+        "n": 3,
+        "verdict": "unresolved",
+    }
+    assert set(paired["strategies"]) == {"replay"}  # no row for the reference itself
+
+
+def test_paired_section_pairs_by_seed_and_skips_what_is_missing() -> None:
+    from gil.report import paired_document, paired_table
+
+    finetune = _seeded("finetune", "finetune", FINETUNE_SEEDS)
+    replay = _seeded("replay", "replay", REPLAY_SEEDS)
+    names = ["finetune", "replay"]
+    before = paired_table({"finetune": finetune, "replay": replay}, names)
+    # Seeds listed in another order: the same pairs, the same table.
+    per_seed = replay["per_seed"]
+    replay["per_seed"] = dict(reversed(per_seed.items()))
+    assert paired_table({"finetune": finetune, "replay": replay}, names) == before
+    # The same per-seed values under other seed names: the pairs change, so does the interval.
+    replay["per_seed"] = {"0": per_seed["1"], "1": per_seed["2"], "2": per_seed["0"]}
+    after = paired_table({"finetune": finetune, "replay": replay}, names)
+    assert before != after
+    # A quantity no run has (null Δ, no probe) gives no column, not an error.
+    for summary in [*finetune["per_seed"].values(), *replay["per_seed"].values()]:
+        summary["regression"]["delta"] = None
+        del summary["probe"]
+    table = paired_table({"finetune": finetune, "replay": replay}, names)
+    assert table.splitlines()[0] == "| strategy | paired seeds | final MSE | new-gene MSE | verdict on Δ |"
+    assert table.splitlines()[2].endswith("| – |")
+    assert set(paired_document({"finetune": finetune, "replay": replay})["strategies"]["replay"]) == {
+        "final_mse",
+        "new_gene_mse",
+    }
+
+
+def test_paired_section_without_finetune_is_one_line(tmp_path: Path) -> None:
+    replay = _seeded("replay", "replay", REPLAY_SEEDS)
+    path = tmp_path / "replay.json"
+    write_json(path, replay)
+    run_report([path], tmp_path / "benchmark.md", tmp_path / "plots")
+    report = (tmp_path / "benchmark.md").read_text()
+    section = report.split("(95 % t interval over seeds)\n\n")[1].split("\n\n")[0]
+    assert section == "No `finetune` run among the strategies: nothing to pair the others with."
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    assert paired["reference_present"] is False and paired["strategies"] == {}

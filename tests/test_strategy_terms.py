@@ -338,6 +338,7 @@ STATEFUL = {
     "ewc": {"kind": "ewc", "lam": 50.0, "fisher_batches": 2},
     "replay_distill": {"kind": "replay_distill", "buffer_size": 20, "mix": 0.25, "lam": 2.0},
     "distill": {"kind": "distill", "lam": 2.0, "cls_weight": 1.0},
+    "distill_query": {"kind": "distill", "lam": 2.0, "queries_per_cell": 4},
 }
 
 

@@ -195,6 +195,71 @@ def test_kendall_w_by_hand() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Paired Δ differences to finetune per setting, against hand-computed values
+
+PAIRED_SEEDS = pd.DataFrame(
+    [
+        # setting, strategy, seed, delta
+        ("s1", "finetune", "0", 0.30),
+        ("s1", "finetune", "1", 0.50),
+        ("s1", "finetune", "2", 0.40),
+        ("s1", "replay", "2", 0.15),  # listed out of seed order: pairs by seed, not by row
+        ("s1", "replay", "0", 0.10),
+        ("s1", "replay", "1", 0.20),  # diffs −0.20, −0.30, −0.25: mean −0.25, sd 0.05
+        ("s2", "finetune", "0", 0.20),
+        ("s2", "finetune", "1", 0.20),
+        ("s2", "replay", "0", 0.10),
+        ("s2", "replay", "1", 0.30),  # diffs −0.10, +0.10: mean 0, sd √0.02
+        ("s2", "replay", "5", 9.00),  # no finetune seed 5: ignored
+    ],
+    columns=["setting", "strategy", "seed", "delta"],
+)
+
+
+def test_paired_delta_per_setting_by_hand() -> None:
+    from gil.suite import paired_per_setting, paired_table
+
+    paired = paired_per_setting(PAIRED_SEEDS)
+    assert set(paired) == {("s1", "replay"), ("s2", "replay")}
+    s1, s2 = paired["s1", "replay"], paired["s2", "replay"]
+    half_s1 = 0.95 / math.sqrt(2 * 0.975 * 0.025) * 0.05 / math.sqrt(3)  # t(0.975, 2) · sd / √n, closed form
+    assert (s1.mean, s1.low, s1.high, s1.n) == pytest.approx((-0.25, -0.25 - half_s1, -0.25 + half_s1, 3))
+    half_s2 = math.tan(0.475 * math.pi) * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1) = tan(0.475π) = 12.706
+    assert (s2.mean, s2.low, s2.high, s2.n) == pytest.approx((0.0, -half_s2, half_s2, 2), abs=1e-12)
+    assert paired_table(paired, ["s1", "s2"], ["finetune", "replay"]).splitlines() == [
+        "| strategy | s1 | s2 | resolved (interval excludes 0) |",
+        "|---|---|---|---|",
+        "| replay | −0.250 [−0.374, −0.126] | +0.000 [−1.271, +1.271] | lower in 1, higher in 0 of 2 |",
+    ]
+
+
+def test_suite_report_has_the_paired_section_and_json() -> None:
+    from gil.suite import suite_markdown
+
+    def document(strategy: str) -> dict:
+        return {"strategy": strategy, "gene_sets": ["B", "T1", "T2"], "regression": {"delta_per_set": [0.1]}}
+
+    suite = {setting: {s: document(s) for s in ("finetune", "replay")} for setting in ("s1", "s2")}
+    per_seed = PAIRED_SEEDS.assign(forgetting=0.0, final_mse=1.0, skill_new=0.5, probe_delta=0.0)
+    settings = {"s1": "one", "s2": "two"}
+    markdown, summary = suite_markdown(settings, suite, per_seed, ["finetune", "replay"], "f.png")
+    section = markdown.split(
+        "## Paired Δ difference to finetune per setting (95 % t interval over seeds)\n\n"
+    )
+    assert "| replay | −0.250 [−0.374, −0.126] | +0.000 [−1.271, +1.271] |" in section[1].split("##")[0]
+    assert summary["paired_reference"] == "finetune"
+    assert [(r["setting"], r["strategy"], r["n"], r["verdict"]) for r in summary["paired_delta"]] == [
+        ("s1", "replay", 3, "resolved: lower than finetune"),
+        ("s2", "replay", 2, "unresolved"),
+    ]
+    replay_only = per_seed[per_seed.strategy == "replay"]
+    suite_replay = {setting: {"replay": document("replay")} for setting in ("s1", "s2")}
+    markdown, summary = suite_markdown(settings, suite_replay, replay_only, ["replay"], "f.png")
+    assert "No `finetune` run among the suite's strategies: nothing to pair the others with." in markdown
+    assert summary["paired_delta"] == []
+
+
+# ---------------------------------------------------------------------------------------------------
 # The suite pipeline, end to end, through real DVC and MLflow
 
 

@@ -27,6 +27,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 # Gene lists of `split.genes.method: file` belong here: the split stage of dvc.yaml depends on it.
 GENE_LISTS = Path("gene_lists")
 PROCESSED, SPLIT, REFERENCE = "data/processed", "data/split", "metrics/reference.json"
+CONTROLS = "metrics/controls.json"
 
 
 SettingOption = Annotated[
@@ -401,6 +402,41 @@ def evaluate(
     typer.echo(
         f"{strategy}: delta {regression['delta']}, forgetting {regression['forgetting']}, "
         f"final MSE {regression['final_mse']} -> {out}"
+    )
+
+
+@app.command()
+def controls(
+    strategy: Annotated[
+        str, typer.Option("--strategy", "-s", help="The run whose final checkpoints are controlled.")
+    ] = "finetune",
+    params: ParamsOption = DEFAULT_PARAMS,
+    processed: ProcessedOption = None,
+    split_dir: SplitOption = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output (default: metrics/controls.json).")] = None,
+    setting: SettingOption = None,
+) -> None:
+    """Positive and negative controls: does the evaluation see complete forgetting, and exactly none?"""
+    from gil.controls import run_controls
+    from gil.data.layout import ProcessedData, Split
+    from gil.files import write_json
+
+    config = _config(params, setting)
+    _require_strategy(config, strategy)
+    data = ProcessedData.load(_path(processed, PROCESSED, setting))
+    split = Split.load(_path(split_dir, SPLIT, setting))
+    if split.n_stages < 2:
+        raise GilError("controls need at least 2 incremental stages (a gene set learned before the last)")
+    document = run_controls(config, strategy, data, split, _path(checkpoints, f"checkpoints/{strategy}", setting))
+    out = _path(out, CONTROLS, setting)
+    write_json(out, document)
+    typer.echo(
+        f"{strategy}: delta {document['delta_intact']:.3f}; positive control (rows of "
+        f"{', '.join(document['forgotten_sets'])} redrawn) {document['delta_positive']:.3f}; "
+        f"negative control {document['delta_negative']} -> {out}"
     )
 
 

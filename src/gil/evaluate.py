@@ -29,6 +29,7 @@ from gil.files import finite_or_none, write_json
 from gil.metrics import delta_per_set, final_skill, mean_std, new_set_skill, skill, summarize
 from gil.metrics.probes import ProbeResult, paired_delta
 from gil.metrics.regression import RegressionRow
+from gil.model import GeneTransformer
 from gil.reference import check_reference, compute_reference
 from gil.scoring import EvaluationInputs
 from gil.tracking.base import NullTracker, Tracker
@@ -46,6 +47,7 @@ EVALUATION_NOTE = (
     "and masks, restricted to the genes it has seen"
 )
 PROBE_KEYS = ("accuracy", "accuracy_se", "macro_f1", "knn_accuracy")
+OWN_GENES = "own_genes"  # the probe on each task's own gene set alone
 
 
 def _nan_square(size: int) -> np.ndarray:
@@ -62,6 +64,8 @@ class SeedEvaluation:
     embedding_cosine: np.ndarray
     seen_mse: list[float]
     probes: dict[str, list[ProbeResult]]
+    # The probe on the task's own gene set alone (None before the stage that learns it).
+    own_probes: dict[str, list[ProbeResult | None]]
     optimizer_steps: list[int]
     cells_processed: list[int]
     stage_metrics: list[dict[str, float]]  # what each stage run records (NaN left out)
@@ -81,24 +85,37 @@ class SeedEvaluation:
         }
         probe_tasks = {}
         for task in tasks:
-            results = self.probes[task.name]
-            # A task learned at the last stage has nothing to forget yet (like T_n in the regression Δ).
-            if task.learned_at < len(results) - 1:
-                delta, delta_se = paired_delta(results[-1].correct, results[task.learned_at].correct)
-            else:
-                delta, delta_se = float("nan"), float("nan")
             probe_tasks[task.name] = {
-                **{key: [getattr(result, key) for result in results] for key in PROBE_KEYS},
+                **_probe_summary(self.probes[task.name], task.learned_at),
                 "learned_at": task.learned_at,
-                "delta": delta,
-                "delta_se": delta_se,
+                OWN_GENES: _probe_summary(self.own_probes[task.name], task.learned_at),
             }
+        own = [part[OWN_GENES] for part in probe_tasks.values()]
         return {
             "regression": regression,
-            "probe": {"tasks": probe_tasks, **_combined_delta(probe_tasks.values())},
+            "probe": {
+                "tasks": probe_tasks,
+                **_combined_delta(probe_tasks.values()),
+                OWN_GENES: _combined_delta(own),
+            },
             "embedding_cosine": self.embedding_cosine,
             "compute": _compute_summary(self.optimizer_steps, self.cells_processed),
         }
+
+
+def _probe_summary(results: list[ProbeResult | None], learned_at: int) -> dict[str, Any]:
+    """A probe's scores after every stage (NaN where it was not run) and its paired Δ.
+
+    Δ compares the last stage with the stage that learned the task's genes; a task learned at the
+    last stage has nothing to forget yet (like ``T_n`` in the regression Δ): NaN.
+    """
+    scores = {key: [getattr(r, key) if r is not None else math.nan for r in results] for key in PROBE_KEYS}
+    before, last = results[learned_at], results[-1]
+    if learned_at < len(results) - 1 and before is not None and last is not None:
+        delta, delta_se = paired_delta(last.correct, before.correct)
+    else:
+        delta, delta_se = math.nan, math.nan
+    return {**scores, "delta": delta, "delta_se": delta_se}
 
 
 def _combined_delta(parts: Iterable[dict[str, Any]]) -> dict[str, float]:
@@ -145,6 +162,7 @@ class Evaluator:
             *(_nan_square(n_sets) for _ in range(4)),
             seen_mse=[],
             probes={task.name: [] for task in self.split.tasks},
+            own_probes={task.name: [] for task in self.split.tasks},
             optimizer_steps=[],
             cells_processed=[],
             stage_metrics=[],
@@ -166,12 +184,27 @@ class Evaluator:
             for task in self.split.tasks:
                 probe = self.inputs.probe(self.inputs.embeddings(model, task, stage), task)
                 result.probes[task.name].append(probe)
+                own = self.own_genes_probe(model, task, stage)
+                result.own_probes[task.name].append(own)
                 for key in PROBE_KEYS:
                     result.stage_metrics[-1][f"probe_{task.name}_{key}"] = getattr(probe, key)
+                    if own is not None:
+                        result.stage_metrics[-1][f"probe_{task.name}_own_{key}"] = getattr(own, key)
         for metrics in result.stage_metrics:
             for key in [key for key, value in metrics.items() if math.isnan(value)]:
                 del metrics[key]
         return result
+
+    def own_genes_probe(self, model: GeneTransformer, task: Task, stage: int) -> ProbeResult | None:
+        """The probe whose input is the task's own gene set alone, once a stage has learned it.
+
+        Why next to the usual probe: its input is mostly base genes, which are never forgotten, so it
+        cannot see the loss of the task's genes; this one can only succeed through them. None for a
+        task tied to no stage (``learned_at`` 0) and before its stage.
+        """
+        if task.learned_at == 0 or stage < task.learned_at:
+            return None
+        return self.inputs.probe(self.inputs.embeddings(model, task, stage, task.learned_at), task)
 
     def _stage_metrics(self, stage: int, row: RegressionRow, reference: dict[str, Any]) -> dict[str, float]:
         known = self.split.set_names[: stage + 1]
@@ -213,13 +246,20 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
             stack = np.array([s["probe"]["tasks"][name][key] for s in seeds], dtype=float)
             task[key], task[f"{key}_std"] = _mean_and_std(stack)
         task |= _mean_delta([s["probe"]["tasks"][name] for s in seeds])
+        own = [s["probe"]["tasks"][name][OWN_GENES] for s in seeds]
+        own_accuracy, own_std = _mean_and_std(np.array([o["accuracy"] for o in own], dtype=float))
+        task[OWN_GENES] = {"accuracy": own_accuracy, "accuracy_std": own_std, **_mean_delta(own)}
         tasks[name] = task
     cosine = np.stack([np.asarray(s["embedding_cosine"], dtype=float) for s in seeds])
     steps = np.array([s["compute"]["optimizer_steps"] for s in seeds], dtype=float).mean(axis=0)
     cells = np.array([s["compute"]["cells_processed"] for s in seeds], dtype=float).mean(axis=0)
     return {
         "regression": regression,
-        "probe": {"tasks": tasks, **_mean_delta([s["probe"] for s in seeds])},
+        "probe": {
+            "tasks": tasks,
+            **_mean_delta([s["probe"] for s in seeds]),
+            OWN_GENES: _mean_delta([s["probe"][OWN_GENES] for s in seeds]),
+        },
         "embedding_cosine": _mean_and_std(cosine)[0],
         "compute": _compute_summary(steps.tolist(), cells.tolist()),
     }
@@ -257,6 +297,8 @@ def summary_metrics(seed_summary: dict[str, Any]) -> dict[str, float]:
         metrics |= {f"delta_T{j}": value for j, value in enumerate(regression["delta_per_set"], 1)}
     metrics["probe_delta"] = seed_summary["probe"]["delta"]
     metrics["probe_delta_se"] = seed_summary["probe"]["delta_se"]
+    metrics["probe_own_delta"] = seed_summary["probe"][OWN_GENES]["delta"]
+    metrics["probe_own_delta_se"] = seed_summary["probe"][OWN_GENES]["delta_se"]
     metrics["optimizer_steps"] = seed_summary["compute"]["optimizer_steps_incremental"]
     metrics["cells_processed"] = seed_summary["compute"]["cells_processed_incremental"]
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(v)}

@@ -10,11 +10,14 @@ metrics document. Output ``metrics/reference.json``:
   (``raw_accuracy`` ± ``raw_accuracy_se``, ``raw_knn_accuracy``): the same cross-validated probe on
   the values of exactly the genes the model's input holds, the ceiling its ``<cls>`` probe should
   approach;
+- per probe task, ``own_genes_raw_accuracy``: the raw-expression probe on the task's own gene set
+  alone (the input of the ``own_genes`` probe), from the stage that learns it (null before);
 - ``settings``: what it was computed under (``gil evaluate`` refuses a mismatch).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -49,6 +52,12 @@ def compute_reference(config: Config, data: ProcessedData, split: Split) -> dict
             inputs.probe(_present_columns(inputs.input_expression(task, stage)), task)
             for stage in range(split.n_stages + 1)
         ]
+        own = [
+            inputs.probe(_present_columns(inputs.input_expression(task, stage, task.learned_at)), task)
+            if 0 < task.learned_at <= stage
+            else None
+            for stage in range(split.n_stages + 1)
+        ]
         probes[task.name] = {
             "majority_rate": task.majority_rate,
             "classes": len(task.classes),
@@ -56,6 +65,7 @@ def compute_reference(config: Config, data: ProcessedData, split: Split) -> dict
             "raw_accuracy": [result.accuracy for result in results],
             "raw_accuracy_se": [result.accuracy_se for result in results],
             "raw_knn_accuracy": [result.knn_accuracy for result in results],
+            "own_genes_raw_accuracy": [math.nan if r is None else r.accuracy for r in own],
         }
     return finite_or_none(
         {

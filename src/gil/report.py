@@ -26,8 +26,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gil.errors import GilError
-from gil.files import atomic_file, write_text
+from gil.files import atomic_file, write_json, write_text
 from gil.metrics.continual import as_results_matrix, intransigence, mean_std
+from gil.metrics.paired import (
+    CONFIDENCE,
+    PAIRED_QUANTITIES,
+    REFERENCE,
+    PairedDifference,
+    format_difference,
+    paired_quantities,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,6 +45,7 @@ Metrics = Mapping[str, Any]
 
 FORGETTING_CURVES_PNG = "forgetting_curves.png"
 PROBE_ACCURACY_PNG = "probe_accuracy.png"
+PAIRED_JSON = "paired.json"
 
 _BASELINE_KINDS = frozenset({"finetune"})  # listed first: what every method is compared against
 _REFERENCE_KINDS = frozenset({"joint"})  # listed last: the upper bound, not a continual method
@@ -484,6 +493,60 @@ def probe_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]
     return "\n".join(lines) + "\n"
 
 
+PAIRED_TITLE = "Paired differences to fine-tuning (95 % t interval over seeds)"
+
+PAIRED_LEGEND = (
+    f"Each cell: mean over seeds of (strategy − {REFERENCE}) on the same seed [95 % t interval,"
+    " mean ± t(0.975, n − 1) · sd / √n over the n seeds both ran]; – = not available (no interval with"
+    " one seed). Resolved = the interval excludes 0. Δ, final MSE, new-gene MSE (plasticity) are losses:"
+    f" negative = lower than {REFERENCE}; probe Δ: positive = less probe forgetting than {REFERENCE}."
+)
+
+
+def paired_differences(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, dict[str, PairedDifference]]:
+    """Per quantity of :data:`gil.metrics.paired.PAIRED_QUANTITIES`: every strategy against
+    ``finetune`` seed by seed (``per_seed`` of the metrics); empty without a ``finetune`` run."""
+    return paired_quantities({name: m.get("per_seed") or {} for name, m in metrics_by_strategy.items()})
+
+
+def paired_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
+    """The paired-differences section: one row per strategy but ``finetune`` (in ``names`` order),
+    one column per quantity any strategy has, the number of paired seeds and the verdict on Δ."""
+    if REFERENCE not in metrics_by_strategy:
+        return f"No `{REFERENCE}` run among the strategies: nothing to pair the others with.\n"
+    paired = paired_differences(metrics_by_strategy)
+    quantities = [quantity for quantity in PAIRED_QUANTITIES if quantity.name in paired]
+    reference_seeds = (metrics_by_strategy[REFERENCE].get("per_seed") or {}).keys()
+    header = ["strategy", "paired seeds", *(quantity.title for quantity in quantities), "verdict on Δ"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        if name == REFERENCE:
+            continue
+        seeds = len((metrics_by_strategy[name].get("per_seed") or {}).keys() & reference_seeds)
+        delta = paired.get("delta", {}).get(name)
+        cells = [format_difference(paired[quantity.name].get(name)) for quantity in quantities]
+        verdict = _MISSING if delta is None else delta.verdict()
+        lines.append("| " + " | ".join([name, str(seeds), *cells, verdict]) + " |")
+    return "\n".join(lines) + "\n\n" + PAIRED_LEGEND + "\n"
+
+
+def paired_document(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, Any]:
+    """The numbers of :func:`paired_table`, machine-readable (``reports/paired.json``): per strategy
+    and quantity ``mean``, ``low``, ``high``, ``n`` and ``verdict`` (null for undefined values)."""
+    strategies: dict[str, dict[str, Any]] = {}
+    for quantity, differences in paired_differences(metrics_by_strategy).items():
+        for name, difference in differences.items():
+            strategies.setdefault(name, {})[quantity] = difference.as_dict()
+    return {
+        "reference": REFERENCE,
+        "reference_present": REFERENCE in metrics_by_strategy,
+        "confidence": CONFIDENCE,
+        "interval": "mean ± t(0.5 + confidence / 2, n − 1) · sd / √n of the per-seed differences",
+        "quantities": {q.name: {"title": q.title, "per_seed": ".".join(q.path)} for q in PAIRED_QUANTITIES},
+        "strategies": strategies,
+    }
+
+
 def with_intransigence(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, dict[str, Any]]:
     """Copies of the metrics with ``intransigence`` filled in against the joint run, seed by seed.
 
@@ -577,6 +640,9 @@ def _report_markdown(
         "## Results",
         "",
         benchmark_table(metrics_by_strategy),
+        f"## {PAIRED_TITLE}",
+        "",
+        paired_table(metrics_by_strategy, names),
     ]
     learned = reference_table(metrics_by_strategy, names)
     if learned:
@@ -596,13 +662,20 @@ def _report_markdown(
     return "\n".join(lines)
 
 
-def run_report(metrics_paths: Sequence[Path | str], out_md: Path | str, plots_dir: Path | str) -> None:
+def run_report(
+    metrics_paths: Sequence[Path | str],
+    out_md: Path | str,
+    plots_dir: Path | str,
+    out_paired: Path | str | None = None,
+) -> None:
     """Load the metrics files; write one heatmap per strategy (``R_<strategy>.png``), the forgetting
-    curves and probe accuracy figures into ``plots_dir``, and the Markdown report linking them to
-    ``out_md``. Raises :class:`GilError` when no file is given or one is missing or malformed."""
+    curves and probe accuracy figures into ``plots_dir``, the Markdown report linking them to
+    ``out_md``, and the paired differences to ``finetune`` to ``out_paired`` (default: ``paired.json``
+    beside the report). Raises :class:`GilError` when no file is given or one is missing or malformed."""
     metrics_by_strategy = with_intransigence(load_metrics(metrics_paths))
     names = report_order(metrics_by_strategy)
     out_md, plots_dir = Path(out_md), Path(plots_dir)
+    out_paired = out_md.parent / PAIRED_JSON if out_paired is None else Path(out_paired)
     figures: dict[str, str] = {}
 
     def link(file_name: str) -> str:
@@ -615,4 +688,5 @@ def run_report(metrics_paths: Sequence[Path | str], out_md: Path | str, plots_di
     figures["Forgetting curves"] = link(FORGETTING_CURVES_PNG)
     plot_probe_accuracy(metrics_by_strategy, plots_dir / PROBE_ACCURACY_PNG)
     figures["Probe accuracy"] = link(PROBE_ACCURACY_PNG)
+    write_json(out_paired, paired_document(metrics_by_strategy))
     write_text(out_md, _report_markdown(metrics_by_strategy, figures, names))

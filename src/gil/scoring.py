@@ -56,7 +56,10 @@ class EvaluationInputs:
             features, task.targets, cfg.probe.folds, cfg.probe.c_grid, cfg.probe.knn_k, cfg.seed
         )
 
-    def embeddings(self, model: GeneTransformer, task: Task, stage: int) -> np.ndarray:
+    def embeddings(
+        self, model: GeneTransformer, task: Task, stage: int, only_set: int | None = None
+    ) -> np.ndarray:
+        """``<cls>`` embeddings of the task's cells; ``only_set``: from the genes of that set alone."""
         cfg = self.config.evaluate
         return cell_embeddings(
             model,
@@ -68,12 +71,13 @@ class EvaluationInputs:
             self.max_seq,
             self.device,
             cfg.probe.input,
+            only_set,
         )
 
-    def input_expression(self, task: Task, stage: int) -> np.ndarray:
+    def input_expression(self, task: Task, stage: int, only_set: int | None = None) -> np.ndarray:
         cfg = self.config.evaluate
         return input_expression(
-            self.builder, task.cells, stage, cfg.seed, cfg.batch_size, self.max_seq, cfg.probe.input
+            self.builder, task.cells, stage, cfg.seed, cfg.batch_size, self.max_seq, cfg.probe.input, only_set
         )
 
 

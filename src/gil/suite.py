@@ -24,6 +24,7 @@ import pandas as pd
 
 from gil.errors import GilError
 from gil.files import write_json, write_text
+from gil.metrics.paired import REFERENCE, PairedDifference, differences_to_reference, format_difference
 from gil.report import format_stat, load_metrics, new_figure, report_order, save_png, strategy_colors
 from gil.settings import setting_dir
 
@@ -104,6 +105,47 @@ def kendall_w(per_setting: pd.DataFrame) -> float:
     sums = ranks.sum(axis=1).to_numpy()
     spread = float(((sums - sums.mean()) ** 2).sum())
     return 12.0 * spread / (m**2 * (n**3 - n))
+
+
+def paired_to_reference(
+    per_seed: pd.DataFrame, metric: str = "delta", reference: str = REFERENCE
+) -> dict[str, PairedDifference]:
+    """Rows ``strategy, seed, <metric>`` of one setting (or one experiment): every strategy's mean
+    difference to ``reference`` seed by seed, with its 95 % t interval (:mod:`gil.metrics.paired`)."""
+    values = {
+        str(strategy): dict(zip(group["seed"].astype(str), group[metric], strict=True))
+        for strategy, group in per_seed.groupby("strategy", sort=False)
+    }
+    return differences_to_reference(values, reference)
+
+
+def paired_per_setting(
+    per_seed: pd.DataFrame, metric: str = "delta"
+) -> dict[tuple[str, str], PairedDifference]:
+    """:func:`paired_to_reference` in every setting, keyed by ``(setting, strategy)``."""
+    return {
+        (str(setting), strategy): difference
+        for setting, rows in per_seed.groupby("setting", sort=False)
+        for strategy, difference in paired_to_reference(rows, metric).items()
+    }
+
+
+def paired_table(
+    paired: Mapping[tuple[str, str], PairedDifference], settings: Sequence[str], order: Sequence[str]
+) -> str:
+    """Strategies (but the reference) as rows, settings as columns, each cell the paired Δ difference
+    ``+0.012 [−0.004, +0.028]``; the last column counts the settings where it is resolved."""
+    header = ["strategy", *settings, "resolved (interval excludes 0)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for strategy in order:
+        if strategy == REFERENCE:
+            continue
+        found = [paired.get((setting, strategy)) for setting in settings]
+        directions = [difference.direction for difference in found if difference is not None]
+        lower, higher = directions.count("lower"), directions.count("higher")
+        cells = [*map(format_difference, found), f"lower in {lower}, higher in {higher} of {len(settings)}"]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,6 +244,24 @@ def _per_set_lines(suite: Mapping[str, Mapping[str, Any]], strategies: Sequence[
     return lines
 
 
+def _paired_lines(
+    paired: Mapping[tuple[str, str], PairedDifference],
+    settings: Sequence[str],
+    order: Sequence[str],
+    strategies: Sequence[str],
+) -> list[str]:
+    """The paired section's body, or one line when the suite has no reference run to pair with."""
+    if REFERENCE not in strategies:
+        return [f"No `{REFERENCE}` run among the suite's strategies: nothing to pair the others with.", ""]
+    return [
+        f"Each cell: mean over seeds of (Δ of the strategy − Δ of {REFERENCE}) on the same seed [95 % t"
+        " interval, n − 1 degrees of freedom]; negative = less forgetting than"
+        f" {REFERENCE}. Resolved = the interval excludes 0.",
+        "",
+        paired_table(paired, settings, order),
+    ]
+
+
 def suite_markdown(
     settings: Mapping[str, str],
     suite: Mapping[str, Mapping[str, Any]],
@@ -217,6 +277,7 @@ def suite_markdown(
     order = overall["strategy"].tolist()
     skill = rank_per_setting(per_seed, "skill_new", ascending=False)
     probe = rank_per_setting(per_seed, "probe_delta", ascending=False)
+    paired = paired_per_setting(per_seed, "delta")
     lines = [
         "# Strategies across settings",
         "",
@@ -235,6 +296,9 @@ def suite_markdown(
         rank_table(per_setting, names, order),
         f"Kendall's W over settings: {concordance:.2f} (1 = the same ranking in every setting, 0 = none).",
         "",
+        f"## Paired Δ difference to {REFERENCE} per setting (95 % t interval over seeds)",
+        "",
+        *_paired_lines(paired, names, order, strategies),
         "## Was each new gene set learned? (skill_new: 1 − MSE / per-gene-mean MSE; higher = better, rank 1"
         " = highest)",
         "",
@@ -254,6 +318,11 @@ def suite_markdown(
         "kendall_w": concordance if math.isfinite(concordance) else None,
         "overall": _records(overall),
         "per_setting": _records(per_setting),
+        "paired_reference": REFERENCE,
+        "paired_delta": [
+            {"setting": setting, "strategy": strategy, **difference.as_dict()}
+            for (setting, strategy), difference in paired.items()
+        ],
     }
     return "\n".join(lines), summary
 

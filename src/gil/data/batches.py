@@ -58,6 +58,7 @@ class Batch:
     padding: torch.Tensor  # [B, L] bool, True at padding
     gene_sets: torch.Tensor  # [B, L] int64 gene-set index (NO_SET at <cls>/pad)
     rows: torch.Tensor  # [B] int64 processed row index of each cell
+    queries: torch.Tensor  # [B, L] bool, True at query tokens (see :func:`with_gene_queries`)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device``."""
@@ -70,6 +71,16 @@ class Batch:
     @property
     def n_cells(self) -> int:
         return int(self.genes.shape[0])
+
+    @property
+    def query_mask(self) -> torch.Tensor | None:
+        """:attr:`queries` for the model, or None when the batch has none (the model's fast path).
+
+        Only CPU batches are checked: on CUDA the check would synchronise the device every step.
+        """
+        if self.queries.device.type == "cpu" and not bool(self.queries.any()):
+            return None
+        return self.queries
 
 
 class BatchBuilder:
@@ -146,17 +157,23 @@ class BatchBuilder:
         rank = _rank_in_segment(segment)
         return _pad(rows, segment, rank, tokens, sets, values, mask_draws < mask_fraction)
 
-    def probe_batch(self, rows: np.ndarray, known_stage: int, max_seq: int) -> Batch:
-        """Unmasked inputs: each cell's ``max_seq`` most expressed genes of sets ``0..known_stage``.
+    def probe_batch(
+        self, rows: np.ndarray, known_stage: int, max_seq: int, only_set: int | None = None
+    ) -> Batch:
+        """Unmasked inputs: each cell's ``max_seq`` most expressed genes of sets ``0..known_stage``
+        (or of the one set ``only_set``, which must be known).
 
         Why for probes: a uniform sample of a Zeisel cell's ~2,300 genes is mostly 1-2-count genes
         that say little about its type (a logistic regression on exactly those values scored near
-        the majority rate); its most expressed genes carry its identity. Deterministic: ties keep
-        the processed column order.
+        the majority rate); its most expressed genes carry its identity. ``only_set`` feeds a task's
+        own genes alone: a probe that can only succeed through what the model knows of them.
+        Deterministic: ties keep the processed column order.
         """
+        if only_set is not None and only_set > known_stage:
+            raise ValueError(f"gene set {only_set} is not known after stage {known_stage}")
         rows = np.asarray(rows, dtype=np.int64)
         segment, tokens, sets, values = self._gather(rows)
-        known = sets <= known_stage
+        known = sets <= known_stage if only_set is None else sets == only_set
         segment, tokens, sets, values = segment[known], tokens[known], sets[known], values[known]
         keep, rank = _top_per_segment(segment, values.astype(np.float64), max_seq)
         unmasked = np.zeros(len(values), dtype=bool)
@@ -251,4 +268,50 @@ def _pad(
         padding=torch.from_numpy(padding),
         gene_sets=torch.from_numpy(gene_sets),
         rows=torch.from_numpy(rows.copy()),
+        queries=torch.zeros((n_cells, length), dtype=torch.bool),
     )
+
+
+def with_gene_queries(
+    batch: Batch, candidates: np.ndarray, candidate_sets: np.ndarray, per_cell: int, rng: np.random.Generator
+) -> Batch:
+    """``batch`` with up to ``per_cell`` query tokens appended to every cell.
+
+    A query asks the model for the value of a gene the cell does not carry: its input value is
+    :data:`MASKED_VALUE`, it is never a target (``masked`` False, ``targets`` 0) and the model lets no
+    other token attend to it (see :attr:`Batch.queries`), so it is answered from the cell's own genes.
+    Why: at stage ``k`` a cell carries only ``B ∪ Tk``; distillation can reach the genes of earlier
+    sets only by asking about them (Learning-without-Forgetting's old outputs on new inputs).
+
+    The genes are drawn uniformly, without replacement, among ``candidates`` (token ids, with their
+    gene sets ``candidate_sets``) that the cell does not carry in ``batch``. Only token ids and
+    ``rng`` are read, never expression data: the values of those genes are not part of the stage's
+    data. A cell that carries all but ``m < per_cell`` candidates gets ``m`` queries (padding after).
+    """
+    if per_cell <= 0 or len(candidates) == 0:
+        return batch
+    genes = batch.genes.numpy()
+    n_cells = genes.shape[0]
+    column_of_token = np.full(max(int(genes.max()), int(candidates.max())) + 1, -1, dtype=np.int64)
+    column_of_token[candidates] = np.arange(len(candidates))
+    columns = column_of_token[genes]
+    cell, position = np.nonzero(columns >= 0)
+    carried = np.zeros((n_cells, len(candidates)), dtype=bool)
+    carried[cell, columns[cell, position]] = True
+    keys = np.where(carried, 2.0, rng.random(carried.shape))  # carried genes sort last
+    chosen = np.argsort(keys, axis=1, kind="stable")[:, : min(per_cell, len(candidates))]
+    valid = ~np.take_along_axis(carried, chosen, axis=1)
+    extra = {
+        "genes": np.where(valid, candidates[chosen], PAD),
+        "values": np.where(valid, MASKED_VALUE, 0.0).astype(np.float32),
+        "targets": np.zeros(valid.shape, dtype=np.float32),
+        "masked": np.zeros(valid.shape, dtype=bool),
+        "padding": ~valid,
+        "gene_sets": np.where(valid, candidate_sets[chosen], NO_SET),
+        "queries": valid,
+    }
+    appended = {
+        name: torch.cat([getattr(batch, name), torch.from_numpy(part).to(getattr(batch, name).dtype)], dim=1)
+        for name, part in extra.items()
+    }
+    return Batch(**appended, rows=batch.rows)

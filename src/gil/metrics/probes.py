@@ -59,12 +59,16 @@ def _probe_batches(
     max_seq: int,
     probe_input: ProbeInput,
     seed: int,
+    only_set: int | None = None,
 ) -> Iterator[Batch]:
-    """Unmasked input batches of ``rows`` restricted to the genes of sets ``0..stage``."""
+    """Unmasked input batches of ``rows`` restricted to the genes of sets ``0..stage``.
+
+    ``only_set``: the genes of that one set instead, always the most expressed ones.
+    """
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
-        if probe_input == "top_expressed":
-            yield builder.probe_batch(part, stage, max_seq)
+        if probe_input == "top_expressed" or only_set is not None:
+            yield builder.probe_batch(part, stage, max_seq, only_set)
         else:
             yield builder.evaluation_batch(part, stage, seed + start, 0.0, max_seq)
 
@@ -80,14 +84,15 @@ def cell_embeddings(
     max_seq: int,
     device: torch.device | str = "cpu",
     probe_input: ProbeInput = "top_expressed",
+    only_set: int | None = None,
 ) -> np.ndarray:
-    """``<cls>`` embeddings of ``rows``, inputs restricted to the genes of sets ``0..stage``."""
+    """``<cls>`` embeddings of ``rows``, inputs restricted to the genes of sets ``0..stage``
+    (or of the set ``only_set``)."""
     model.eval()
+    batches = _probe_batches(builder, rows, stage, batch_size, max_seq, probe_input, seed, only_set)
     parts = [
         model(batch.genes, batch.values, batch.padding).cell.float().cpu().numpy()
-        for batch in (
-            b.to(device) for b in _probe_batches(builder, rows, stage, batch_size, max_seq, probe_input, seed)
-        )
+        for batch in (b.to(device) for b in batches)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
@@ -100,6 +105,7 @@ def input_expression(
     batch_size: int,
     max_seq: int,
     probe_input: ProbeInput = "top_expressed",
+    only_set: int | None = None,
 ) -> np.ndarray:
     """The values the model's input holds, as a ``[cells, known genes]`` matrix (0 where not input).
 
@@ -110,7 +116,7 @@ def input_expression(
     first_gene = int(np.argmax(builder.set_of_token >= 0))
     matrix = np.zeros((len(rows), n_known), dtype=np.float32)
     offset = 0
-    for batch in _probe_batches(builder, rows, stage, batch_size, max_seq, probe_input, seed):
+    for batch in _probe_batches(builder, rows, stage, batch_size, max_seq, probe_input, seed, only_set):
         genes = batch.genes.numpy()
         cell, position = np.nonzero(~batch.padding.numpy() & (genes >= first_gene))
         matrix[offset + cell, genes[cell, position] - first_gene] = batch.values.numpy()[cell, position]

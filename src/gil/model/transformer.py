@@ -198,19 +198,36 @@ class GeneTransformer(nn.Module):
         """Append embedding rows for new genes (no-op when the table is already that large)."""
         self.gene_embedding.grow(n_tokens, generator)
 
-    def encode(self, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """Contextual token states ``[B, L, d]``; padded keys are never attended to."""
+    def encode(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        padding: torch.Tensor,
+        queries: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Contextual token states ``[B, L, d]``; padded keys are never attended to.
+
+        ``queries`` (``[B, L]`` bool, None: none) marks query tokens: each attends to the cell's
+        tokens and to itself, and no other token attends to it, so the states of the cell's own
+        tokens are what they would be without the queries.
+        """
         gene_states = self.gene_norm(self.gene_embedding(genes))
         if self.value_clamp is not None:
             values = values.clamp(max=self.value_clamp)
         x = self.dropout(gene_states + self.value_encoder(values.unsqueeze(-1)))
-        attend = _key_mask(padding)
+        attend = _key_mask(padding) if queries is None else _query_mask(padding, queries)
         for layer in self.layers:
             x = layer(x, attend)
         return x
 
-    def forward(self, genes: torch.Tensor, values: torch.Tensor, padding: torch.Tensor) -> ModelOutput:
-        states = self.encode(genes, values, padding)
+    def forward(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        padding: torch.Tensor,
+        queries: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        states = self.encode(genes, values, padding, queries)
         cell = states[:, 0]
         mlm = self.mlm_head(states).squeeze(-1)
         query = torch.sigmoid(self.mvc_query(self.gene_norm(self.gene_embedding(genes))))
@@ -228,6 +245,17 @@ def _key_mask(padding: torch.Tensor) -> torch.Tensor | None:
     if padding.device.type == "cpu" and not bool(padding.any()):
         return None
     return (~padding)[:, None, None, :]
+
+
+def _query_mask(padding: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The ``[B, 1, L, L]`` SDPA mask (True: may attend) of a batch with query tokens.
+
+    Every token attends to the cell's tokens (neither padding nor query); a query token also
+    attends to itself, as a masked gene of the cell would.
+    """
+    cell_keys = ~(padding | queries)
+    itself = torch.eye(padding.shape[1], dtype=torch.bool, device=padding.device)
+    return (cell_keys[:, None, :] | (itself & queries[:, :, None]))[:, None]
 
 
 def masked_value_loss(

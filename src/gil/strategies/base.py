@@ -8,7 +8,9 @@ mutating shared state, and the trainer sums and logs them by name. Order of call
 1. ``before_stage(ctx)``: the model still holds the weights (and vocabulary) of stage ``k-1``;
 2. the trainer grows the vocabulary with the genes of ``Tk`` and creates a fresh optimizer;
 3. every epoch, ``epoch_batches(ctx, rng)`` gives the cell rows of each batch (replay mixes its
-   buffer in here); for every batch ``loss_terms(ctx, batch, output)`` adds terms to the task loss;
+   buffer in here); every batch passes through ``augment_batch(ctx, batch, rng)`` (distillation
+   appends query tokens there) before the model sees it, and ``loss_terms(ctx, batch, output)``
+   adds terms to the task loss;
 4. ``after_stage(ctx)``: buffer update, Fisher information, ...
 
 ``state_dict`` holds tensors and plain values only, so checkpoints load with ``weights_only=True``.
@@ -51,7 +53,7 @@ class StageContext:
 
     def forward(self, batch: Batch, model: GeneTransformer | None = None) -> ModelOutput:
         """Run ``model`` (default: the trained model) on a batch already on the device."""
-        return (model or self.model)(batch.genes, batch.values, batch.padding)
+        return (model or self.model)(batch.genes, batch.values, batch.padding, batch.query_mask)
 
 
 def shuffled_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -80,6 +82,14 @@ class Strategy:
     def epoch_batches(self, ctx: StageContext, rng: np.random.Generator) -> list[np.ndarray]:
         """The cell rows of each batch of one epoch."""
         return shuffled_batches(ctx.cells_of_stage(ctx.stage), ctx.batch_size, rng)
+
+    def augment_batch(self, ctx: StageContext, batch: Batch, rng: np.random.Generator) -> Batch:
+        """The training batch the model sees (on the CPU, before it moves to the device).
+
+        ``rng`` is a stream of its own, seeded by (seed, stage): what a strategy draws here does not
+        change the batches, masks or dropout of the other streams.
+        """
+        return batch
 
     def loss_terms(self, ctx: StageContext, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor]:
         """Extra named loss terms added to the task loss."""

@@ -28,6 +28,7 @@ def teacher_view(batch: Batch, known_stage: int) -> Batch:
         padding=batch.padding | unknown,
         gene_sets=batch.gene_sets,
         rows=batch.rows,
+        queries=batch.queries & ~unknown,
     )
 
 

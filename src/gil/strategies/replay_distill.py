@@ -46,6 +46,9 @@ class ReplayDistill(Strategy):
     def epoch_batches(self, ctx: StageContext, rng: np.random.Generator) -> list[np.ndarray]:
         return self.replay.epoch_batches(ctx, rng)
 
+    def augment_batch(self, ctx: StageContext, batch: Batch, rng: np.random.Generator) -> Batch:
+        return self.distill.augment_batch(ctx, batch, rng)
+
     def loss_terms(self, ctx: StageContext, batch: Batch, output: ModelOutput) -> dict[str, torch.Tensor]:
         return self.distill.loss_terms(ctx, batch, output)
 

@@ -26,19 +26,21 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
 from gil.files import atomic_file, write_text
+from gil.metrics.paired import REFERENCE, format_interval
 from gil.report import plot_ranking
 from gil.settings import SETTING_TAG
-from gil.suite import kendall_w, rank_overall, rank_per_setting, rank_table, suite_table
+from gil.suite import kendall_w, paired_to_reference, rank_overall, rank_per_setting, rank_table, suite_table
 from gil.tracking.mlflow_tracker import (
     KIND_PARENT,
     TAG_KIND,
@@ -55,6 +57,9 @@ _SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow UI's prefix of a saved ru
 # sidebar switch saved in the browser, GenAI by default), not from the experiment's kind tag.
 _TRAINING_PAGES = "workflowType=machine_learning"
 RANKING_PNG = "ranking.png"
+PAIRED_COLUMN = f"delta_vs_{REFERENCE}"
+"""Mean per-seed ``delta`` difference to the reference; ``_lo``/``_hi``: its 95 % t interval."""
+PAIRED_COLUMNS = {PAIRED_COLUMN: "mean", f"{PAIRED_COLUMN}_lo": "low", f"{PAIRED_COLUMN}_hi": "high"}
 _NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids, as the UI names them
 _CURRENT_PARENTS = (
     f"tags.`{TAG_KIND}` = '{KIND_PARENT}' and tags.`{TAG_SUPERSEDED}` = 'false' "
@@ -93,7 +98,8 @@ def fetch_leaderboard(
 ) -> pd.DataFrame:
     """One row per strategy, ranked: ``rank``, ``strategy``, ``n_seeds``, ``<m>_mean``, ``<m>_std``.
 
-    Metric columns come in the order ``metric``, ``tiebreak``, then the others alphabetically.
+    Metric columns come in the order ``metric``, ``tiebreak``, then the others alphabetically; with a
+    ``finetune`` strategy that logged ``delta``, then :data:`PAIRED_COLUMNS` (:func:`add_paired_columns`).
     """
     client = MlflowClient(tracking_uri=uri)
     runs = _search_all(client, _experiment_id(client, uri, experiment), _CURRENT_PARENTS)
@@ -116,6 +122,7 @@ def fetch_leaderboard(
     for name in ranking + [name for name in metric_names if name not in ranking]:
         table[f"{name}_mean"] = grouped[name].mean()
         table[f"{name}_std"] = grouped[name].std(ddof=1)
+    add_paired_columns(table, per_run)
     table = table.sort_values(
         [f"{name}_mean" for name in ranking],
         ascending=[not descending, True][: len(ranking)],
@@ -125,19 +132,45 @@ def fetch_leaderboard(
     return table
 
 
+def add_paired_columns(table: pd.DataFrame, per_run: pd.DataFrame) -> None:
+    """Add :data:`PAIRED_COLUMNS` to ``table`` (indexed by strategy): each strategy's ``delta`` minus
+    the reference's on the same seed (the ``gil.seed`` tag), averaged, with its 95 % t interval.
+
+    Why paired: every strategy trains on the reference's seeds from the same base stage, so seed-wise
+    differences remove what the seeds share. Nothing is added when there is no reference run with
+    ``delta``; the reference's own row and strategies without a common seed stay empty (NaN).
+    """
+    if "delta" not in per_run.columns or not (per_run["strategy"] == REFERENCE).any():
+        return
+    paired = paired_to_reference(per_run, "delta")
+    for column, field in PAIRED_COLUMNS.items():
+        table[column] = [getattr(paired[s], field) if s in paired else math.nan for s in table.index]
+
+
 def _cell(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} ± {std:.2g}"
 
 
+def _paired_cell(row: pd.Series) -> str:
+    if row["strategy"] == REFERENCE:
+        return "(reference)"
+    if math.isnan(row[PAIRED_COLUMN]):
+        return "—"
+    return format_interval(*(row[column] for column in PAIRED_COLUMNS))
+
+
 def _display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and rows with ``mean ± std`` cells, shared by the terminal and Markdown tables."""
+    """Header and rows with ``mean ± std`` cells (and the paired difference to the reference with its
+    interval, when the table has it), shared by the terminal, Markdown and HTML tables."""
     metrics = [column.removesuffix("_mean") for column in table.columns if column.endswith("_mean")]
-    header = ["rank", "strategy", "seeds", *metrics]
+    paired = [PAIRED_COLUMN] if PAIRED_COLUMN in table.columns else []
+    header = ["rank", "strategy", "seeds", *metrics, *paired]
     rows = [
         [str(row["rank"]), str(row["strategy"]), str(row["n_seeds"])]
         + [_cell(row[f"{name}_mean"], row[f"{name}_std"]) for name in metrics]
+        + [_paired_cell(row) for _ in paired]
         for _, row in table.iterrows()
     ]
     return header, rows
@@ -285,6 +318,22 @@ def _log_leaderboard(
             client.log_artifact(run_id, str(path))
 
 
+def _log_paired(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
+    """Log :data:`PAIRED_COLUMNS` on the leaderboard run as ``<column>/<strategy>`` metrics (one per
+    strategy compared with the reference; undefined values, e.g. one seed's bounds, left out)."""
+    if PAIRED_COLUMN not in table.columns:
+        return
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{column}/{row['strategy']}", float(row[column]), now, 0)
+        for _, row in table.iterrows()
+        for column in PAIRED_COLUMNS
+        if not math.isnan(row[column])
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
 def run_leaderboard(
     config: TrackingConfig,
     experiment_default: str,
@@ -309,6 +358,11 @@ def run_leaderboard(
         "right after its stage (was it learned?); `optimizer_steps`: the incremental stages' compute.\n\n"
         + format_table(table, markdown=True)
     )
+    if PAIRED_COLUMN in table.columns:
+        markdown += (
+            f"\n`{PAIRED_COLUMN}`: mean over seeds of (`delta` − `delta` of {REFERENCE}) on the same seed "
+            "[95 % t interval, n − 1 degrees of freedom]; resolved when the interval excludes 0.\n"
+        )
     note = learning_note(table)
     if note:
         markdown += "\n" + note
@@ -321,6 +375,7 @@ def run_leaderboard(
     run_id = _leaderboard_run_id(client, experiment_id)
     existing = [path for path in figures or [] if path.is_file()]
     _log_leaderboard(client, run_id, table, metric, [markdown_path, csv_path, *existing])
+    _log_paired(client, run_id, table)
     client.set_tag(run_id, "gil.leaderboard.metric", metric)
     client.set_terminated(run_id, "FINISHED")
     publish_leaderboard_view(client, experiment_id, metric, descending, tiebreak)

@@ -152,6 +152,13 @@ def _model_identity(config: Config) -> dict:
 
 # Training keys added after checkpoints existed, with the behaviour those checkpoints were trained with.
 TRAIN_KEYS_ADDED_LATER = {"lr_schedule": "constant", "embedding_lr_scale": 1.0, "mvc_positions": "masked"}
+# The same for strategy parameters.
+STRATEGY_KEYS_ADDED_LATER = {"queries_per_cell": 0}
+
+
+def _without_old_defaults(values: dict, added_later: dict) -> dict:
+    """``values`` without the keys added later that hold the behaviour of before (older checkpoints resume)."""
+    return {key: value for key, value in values.items() if added_later.get(key, object()) != value}
 
 
 def run_fingerprint(
@@ -162,17 +169,21 @@ def run_fingerprint(
     ``strategy_name`` None is the shared base run (see :func:`train_base`). A pretrained start
     adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed.
     """
-    train = config.train.model_dump(exclude={"seeds", "device", "threads"})
-    for key, default in TRAIN_KEYS_ADDED_LATER.items():
-        if train[key] == default:  # left out at its default, so older checkpoints resume
-            del train[key]
+    train = _without_old_defaults(
+        config.train.model_dump(exclude={"seeds", "device", "threads"}), TRAIN_KEYS_ADDED_LATER
+    )
+    strategy = (
+        _without_old_defaults(config.strategies[strategy_name].model_dump(), STRATEGY_KEYS_ADDED_LATER)
+        if strategy_name
+        else None
+    )
     pretrained = pretrained_identity(config)
     return fingerprint(
         {
             **({"pretrained": pretrained} if pretrained else {}),
             "model": _model_identity(config),
             "train": train,
-            "strategy": config.strategies[strategy_name].model_dump() if strategy_name else None,
+            "strategy": strategy,
             "seed": seed,
             "genes": vocab.genes,
             "set_sizes": vocab.set_sizes,
@@ -247,7 +258,7 @@ class StageTrainer:
 
     def task_loss(self, batch: Batch, output: ModelOutput) -> torch.Tensor:
         train = self.config.train
-        scored = batch.gene_sets != NO_SET if train.mvc_positions == "all" else None
+        scored = (batch.gene_sets != NO_SET) & ~batch.queries if train.mvc_positions == "all" else None
         return masked_value_loss(output, batch.targets, batch.masked, train.mvc_weight, scored)
 
     def _context(self, stage: int) -> StageContext:
@@ -275,6 +286,7 @@ class StageTrainer:
         train = self.config.train
         torch.manual_seed(derive_seed(self.seed, stage, 1))
         rng = np.random.default_rng([self.seed, stage])
+        augment_rng = np.random.default_rng([self.seed, stage, 4])
         ctx = self._context(stage)
         if len(ctx.cells_of_stage(stage)) == 0:
             raise GilError(
@@ -308,6 +320,7 @@ class StageTrainer:
             )
             for rows in bar:
                 batch = self.builder.training_batch(rows, rng, train.mask_fraction)
+                batch = self.strategy.augment_batch(ctx, batch, augment_rng)
                 if self.device.type == "cuda":
                     batch = batch.pin_memory()
                 batch = batch.to(self.device, non_blocking=True)

@@ -1,0 +1,56 @@
+"""The evaluation's controls: complete forgetting must show, no forgetting must read exactly 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from factories import make_config, make_processed, make_split
+
+from gil.controls import forget_gene_rows, run_controls
+from gil.evaluate import evaluate_strategy
+from gil.model import GeneTransformer
+from gil.train.loop import train_strategy
+
+
+def test_forgetting_rows_redraws_exactly_those_rows_at_the_initial_scale() -> None:
+    model = GeneTransformer(n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0)
+    with torch.no_grad():
+        model.gene_embedding.weight.mul_(10.0)  # trained rows, far from the initial scale
+    before = model.gene_embedding.weight.detach().clone()
+    tokens = np.arange(100, 300)
+    forget_gene_rows(model, tokens, seed=0)
+    after = model.gene_embedding.weight.detach()
+    changed = (after != before).any(dim=1)
+    assert changed[100:300].all() and not changed[:100].any() and not changed[300:].any()
+    assert float(after[100:300].std()) == pytest.approx(model.gene_embedding.init_std, rel=0.05)
+    again = forget_gene_rows(GeneTransformer(400, 1, 64, 2, 32, 0.0), tokens, seed=0).gene_embedding.weight
+    assert torch.equal(again[100:300], after[100:300])  # seeded
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = make_processed(n_cells=240, n_genes=40, gene_levels=True)
+    split = make_split(data)
+    config = make_config(
+        train={"seeds": [0, 1], "epochs_per_stage": 6, "batch_size": 16, "lr": 0.003, "warmup_steps": 2},
+        evaluate={"seed": 7, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}},
+    )
+    out = tmp_path_factory.mktemp("ckpt")
+    train_strategy(config, "finetune", data, split, out, progress=False)
+    return config, data, split, out
+
+
+def test_negative_control_is_exactly_zero_and_positive_control_dwarfs_the_runs_forgetting(trained) -> None:
+    config, data, split, out = trained
+    document = run_controls(config, "finetune", data, split, out)
+    evaluated = evaluate_strategy(config, "finetune", data, split, out)
+    assert document["forgotten_sets"] == ["T1"]
+    for seed, controls in document["per_seed"].items():
+        assert controls["delta_negative"] == [0.0, 0.0, 0.0]
+        assert controls["probe"]["kind"]["negative_delta"] == 0.0
+        # The intact run's Δ is the evaluation's own Δ of T1 for that seed.
+        assert controls["delta_intact"] == pytest.approx([evaluated["per_seed"][seed]["regression"]["delta"]])
+        assert controls["delta_positive"][0] > 3 * max(controls["delta_intact"][0], 0.01)
+    assert document["delta_negative"] == 0.0
+    assert document["delta_positive"] > 3 * max(document["delta_intact"], 0.01)
