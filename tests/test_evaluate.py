@@ -275,3 +275,30 @@ def test_missing_or_stale_checkpoints_are_refused_before_anything_is_tracked(tra
     other = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.0042})})
     with pytest.raises(GilError, match="made with a different config"):
         evaluate_strategy(other, "finetune", data, split, out)
+
+
+def test_the_own_genes_probe_reads_the_tasks_genes_and_nothing_else(trained) -> None:
+    """Changing every other gene's values of the task's cells moves the usual probe, not this one."""
+    import dataclasses
+
+    from gil.evaluate import Evaluator
+    from gil.train.checkpoint import load_checkpoint, stage_path
+    from gil.train.loop import load_stage_model
+
+    config, data, split, out = trained
+    task = split.tasks[0]
+    own_set = np.isin(data.gene_names, split.gene_sets[task.learned_at][1])
+    in_task = np.repeat(np.isin(np.arange(data.n_cells), task.cells), np.diff(data.indptr))
+    values = data.values.copy()
+    values[in_task & ~own_set[data.indices]] *= 0.2
+    altered = dataclasses.replace(data, values=values)
+    model = load_stage_model(load_checkpoint(stage_path(out / "seed_0", 2)))
+    scores = {}
+    for name, source in (("same", data), ("altered", altered)):
+        evaluator = Evaluator(config, "finetune", source, split, out)
+        own = evaluator.own_genes_probe(model, task, 2)
+        usual = evaluator.inputs.embeddings(model, task, 2)
+        scores[name] = (own.correct, evaluator.inputs.embeddings(model, task, 2, task.learned_at), usual)
+    assert np.array_equal(scores["same"][0], scores["altered"][0])
+    np.testing.assert_array_equal(scores["same"][1], scores["altered"][1])
+    assert not np.allclose(scores["same"][2], scores["altered"][2])

@@ -318,6 +318,15 @@ def test_delta_vs_finetune_is_paired_by_seed_with_a_t_interval(sqlite_uri: str, 
             "delta_vs_finetune/ewc": -0.1,
         }
     )
+    # Every parent run carries its own seed's difference (the UI's grouped runs table shows them).
+    parents = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'parent'")
+    logged = {(r.data.tags["gil.strategy"], r.data.tags["gil.seed"]): r.data.metrics for r in parents}
+    assert logged["replay", "2"]["delta_vs_finetune"] == pytest.approx(0.15 - 0.40)
+    assert logged["ewc", "1"]["delta_vs_finetune"] == pytest.approx(0.4 - 0.5)
+    assert logged["finetune", "0"]["delta_vs_finetune"] == 0.0
+    again = fetch_leaderboard(sqlite_uri, "paired", metric="delta").set_index("strategy")
+    assert "delta_vs_finetune_mean" not in again.columns  # shown once, with its interval
+    assert again.loc["replay", "delta_vs_finetune"] == pytest.approx(-0.25)
 
 
 def test_no_paired_columns_without_a_finetune_run_with_delta(sqlite_uri: str) -> None:

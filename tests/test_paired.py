@@ -11,6 +11,7 @@ from gil.metrics.paired import Quantity, format_difference, paired_quantities
 
 # With 2 degrees of freedom the t quantile has a closed form, t_p = (2p − 1) / √(2p(1 − p)) = 4.3026527...
 T_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+NAN = float("nan")
 T_975_3 = 3.182446305284263  # scipy.stats.t.ppf(0.975, 3); printed t tables: 3.182
 
 
@@ -111,3 +112,24 @@ def test_differences_to_reference_and_quantities_from_per_seed_summaries() -> No
     assert result["delta"]["replay"].mean == pytest.approx(-0.25)  # (−0.2 − 0.3) / 2
     probe = result["probe_delta"]["replay"]
     assert probe.n == 1 and probe.mean == pytest.approx(0.1)  # seed 1 has no probe Δ
+
+
+def test_every_quantity_is_read_from_a_real_per_seed_summary() -> None:
+    """The paths of PAIRED_QUANTITIES against what ``gil evaluate`` writes under ``per_seed.<seed>``."""
+    from test_evaluate_summary import PROBES, REFERENCE, TASKS, _seed_evaluation
+
+    from gil.files import finite_or_none
+    from gil.metrics.paired import PAIRED_QUANTITIES
+
+    mse = [[1.0, NAN, NAN], [1.2, 2.0, NAN], [1.5, 2.5, 3.0]]
+    summary = finite_or_none(_seed_evaluation(mse, PROBES, [0, 5, 5]).summary(TASKS, REFERENCE))
+    values = {q.name: q.per_seed({"0": summary}).get("0") for q in PAIRED_QUANTITIES}
+    assert values == pytest.approx(
+        {
+            "delta": 0.5,  # R[2][1] − R[1][1]
+            "final_mse": (1.5 + 2.5 + 3.0) / 3,
+            "new_gene_mse": (2.0 + 3.0) / 2,  # plasticity: each new set right after its stage
+            "probe_delta": (-0.75 - 0.25) / 2,  # tasks early and middle (late has no Δ)
+            "own_genes_probe_delta": -0.5,  # only middle has an own-genes Δ
+        }
+    )

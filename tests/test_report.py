@@ -361,3 +361,44 @@ def test_paired_section_without_finetune_is_one_line(tmp_path: Path) -> None:
     assert section == "No `finetune` run among the strategies: nothing to pair the others with."
     paired = json.loads((tmp_path / "paired.json").read_text())
     assert paired["reference_present"] is False and paired["strategies"] == {}
+
+
+def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, metrics_by_strategy) -> None:
+    from gil.report import OWN_GENES_LABEL, controls_table, probe_table
+
+    finetune = metrics_by_strategy["finetune"]
+    finetune["probe"]["tasks"]["neurons"]["own_genes"] = {
+        "accuracy": [None, 0.7, 0.5],
+        "accuracy_std": [None, 0.02, 0.04],
+        "delta": -0.2,
+        "delta_se": 0.03,
+    }
+    finetune["reference"] = {"probe": {"neurons": {"majority_rate": 0.4, "raw_accuracy": [0.8, 0.85, 0.9],
+                                                   "own_genes_raw_accuracy": [None, 0.75, 0.75]}}}
+    table = probe_table(metrics_by_strategy, ["finetune", "replay"])
+    assert f"| neurons | finetune, {OWN_GENES_LABEL} | – | 0.700 ± 0.020 | 0.500 ± 0.040 | -0.200 ± 0.030 |" in table
+    assert f"| neurons | raw-expression probe, {OWN_GENES_LABEL} | – | 0.750 | 0.750 |  |" in table
+    assert f"replay, {OWN_GENES_LABEL}" not in table  # a run without the probe gets no row
+    controls = {
+        "strategy": "finetune",
+        "forgotten_sets": ["T1"],
+        "delta_intact": 0.2, "delta_intact_std": 0.05,
+        "delta_positive": 1.5, "delta_positive_std": 0.1,
+        "delta_negative": 0.0, "delta_negative_std": 0.0,
+        "probe": {"neurons": {"majority_rate": 0.4, "intact_accuracy": 0.6, "intact_accuracy_std": 0.01,
+                              "positive_accuracy": 0.45, "positive_accuracy_std": 0.02,
+                              "positive_delta": -0.15, "positive_delta_std": 0.02,
+                              "negative_delta": 0.0, "negative_delta_std": 0.0}},
+    }
+    table = controls_table(controls)
+    assert "| finetune, final model | 0.200 ± 0.050 | 0.600 ± 0.010 | – |" in table
+    assert "| positive control: rows of T1 redrawn | 1.500 ± 0.100 | 0.450 ± 0.020 | -0.150 ± 0.020 |" in table
+    assert "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 ± 0.010 | 0.000 ± 0.000 |" in table
+    paths = []
+    for name, metrics in metrics_by_strategy.items():
+        paths.append(tmp_path / f"{name}.json")
+        write_json(paths[-1], metrics)
+    write_json(tmp_path / "controls.json", controls)
+    run_report(paths, tmp_path / "report.md", tmp_path / "plots", controls=tmp_path / "controls.json")
+    text = (tmp_path / "report.md").read_text()
+    assert "## Controls" in text and "positive control: rows of T1 redrawn" in text

@@ -473,24 +473,37 @@ def probe_table(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]
     n_stages = len(metrics_by_strategy[names[0]]["gene_sets"])
     header = ["task", "row", *(f"after {label}" for label in _stage_labels(n_stages)), "Δ ± se"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    def row(task: str, label: str, result: Mapping[str, Any]) -> str:
+        stds = result.get("accuracy_std") or [None] * n_stages
+        accuracy = [format_stat(_number(a), _number(s)) for a, s in zip(result["accuracy"], stds, strict=True)]
+        delta = format_stat(_number(result.get("delta")), _number(result.get("delta_se")))
+        return "| " + " | ".join([task, label, *accuracy, delta if "delta" in result else ""]) + " |"
+
     for task in tasks:
         reference = references.get(task)
         if reference is not None:
             majority = format_stat(_number(reference["majority_rate"]))
-            raw = [format_stat(_number(v)) for v in reference["raw_accuracy"]]
             lines.append("| " + " | ".join([task, "majority class", *[majority] * n_stages, ""]) + " |")
-            lines.append("| " + " | ".join([task, "raw-expression probe", *raw, ""]) + " |")
+            lines.append(row(task, "raw-expression probe", {"accuracy": reference["raw_accuracy"]}))
+            if reference.get("own_genes_raw_accuracy"):
+                own_raw = {"accuracy": reference["own_genes_raw_accuracy"]}
+                lines.append(row(task, f"raw-expression probe, {OWN_GENES_LABEL}", own_raw))
         for name in names:
             result = _probe_tasks(metrics_by_strategy[name], name).get(task)
             if result is None:
                 continue
-            stds = result.get("accuracy_std") or [None] * n_stages
-            accuracy = [
-                format_stat(_number(a), _number(s)) for a, s in zip(result["accuracy"], stds, strict=True)
-            ]
-            delta = format_stat(_number(result.get("delta")), _number(result.get("delta_se")))
-            lines.append("| " + " | ".join([task, name, *accuracy, delta]) + " |")
+            lines.append(row(task, name, result))
+            if isinstance(result.get("own_genes"), Mapping):
+                lines.append(row(task, f"{name}, {OWN_GENES_LABEL}", result["own_genes"]))
     return "\n".join(lines) + "\n"
+
+
+OWN_GENES_LABEL = "task genes only"
+PROBE_NOTE = (
+    "Rows without a note feed each cell's most expressed known genes (mostly base genes, never"
+    f" forgotten); rows marked '{OWN_GENES_LABEL}' feed only the genes of the task's own gene set (from"
+    " the stage that learns them), so they can only succeed through what the model knows of those genes."
+)
 
 
 PAIRED_TITLE = "Paired differences to fine-tuning (95 % t interval over seeds)"
@@ -499,7 +512,7 @@ PAIRED_LEGEND = (
     f"Each cell: mean over seeds of (strategy − {REFERENCE}) on the same seed [95 % t interval,"
     " mean ± t(0.975, n − 1) · sd / √n over the n seeds both ran]; – = not available (no interval with"
     " one seed). Resolved = the interval excludes 0. Δ, final MSE, new-gene MSE (plasticity) are losses:"
-    f" negative = lower than {REFERENCE}; probe Δ: positive = less probe forgetting than {REFERENCE}."
+    f" negative = lower than {REFERENCE}; probe Δs: positive = less probe forgetting than {REFERENCE}."
 )
 
 
@@ -572,24 +585,58 @@ def with_intransigence(metrics_by_strategy: Mapping[str, Metrics]) -> dict[str, 
     return result
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON document written by an earlier step, or a one-line :class:`GilError` naming the fix."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GilError(f"{path}: {what} file not found; run the step that writes it first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GilError(f"{path}: not a readable JSON {what} file ({error})") from None
+
+
 def load_metrics(metrics_paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
     """Read and validate metrics JSON files; return them by strategy name."""
     if not metrics_paths:
         raise GilError("no metrics files found; run the evaluate step to write metrics/<strategy>.json")
     metrics_by_strategy: dict[str, dict[str, Any]] = {}
     for path in map(Path, metrics_paths):
-        try:
-            metrics = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise GilError(f"{path}: metrics file not found; run the evaluate step first") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise GilError(f"{path}: not a readable JSON metrics file ({error})") from None
+        metrics = _read_json(path, "metrics")
         _check_metrics(metrics, str(path))
         if metrics["strategy"] in metrics_by_strategy:
             raise GilError(f"{path}: strategy {metrics['strategy']!r} appears in more than one metrics file")
         metrics_by_strategy[metrics["strategy"]] = metrics
     _checked(metrics_by_strategy)
     return metrics_by_strategy
+
+
+def controls_table(controls: Metrics) -> str:
+    """The positive and negative controls (``gil controls``) beside the intact run they start from."""
+    sets = ", ".join(controls["forgotten_sets"])
+    probes = controls.get("probe") or {}
+    header = ["row", f"Δ on {sets}"]
+    for task, result in probes.items():
+        majority = format_stat(_number(result.get("majority_rate")))
+        header += [f"{task} probe, {OWN_GENES_LABEL} (majority {majority})", f"{task} probe Δ"]
+    rows = {
+        f"{controls['strategy']}, final model": ("delta_intact", "intact_accuracy", None),
+        f"positive control: rows of {sets} redrawn": ("delta_positive", "positive_accuracy", "positive_delta"),
+        "negative control: the same model twice": ("delta_negative", "intact_accuracy", "negative_delta"),
+    }
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, (delta, accuracy, probe_delta) in rows.items():
+        cells = [label, format_stat(*_stat(controls, delta))]
+        for result in probes.values():
+            cells.append(format_stat(*_stat(result, accuracy)))
+            cells.append(format_stat(*_stat(result, probe_delta)) if probe_delta else _MISSING)
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        "Δ of the intact model is the run's own forgetting (its stage-1 loss is the reference of every"
+        " row); the positive control is what complete forgetting of those genes looks like at this scale,"
+        " the negative control what no forgetting looks like (exactly 0: the evaluation is deterministic)."
+        " Probe Δ: accuracy of the row's model − the intact final model's, on the same cells."
+    )
+    return "\n".join([*lines, "", note]) + "\n"
 
 
 def _compute_lines(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str]) -> str:
@@ -621,7 +668,10 @@ def _seed_counts(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[str
 
 
 def _report_markdown(
-    metrics_by_strategy: Mapping[str, Metrics], figures: Mapping[str, str], names: Sequence[str]
+    metrics_by_strategy: Mapping[str, Metrics],
+    figures: Mapping[str, str],
+    names: Sequence[str],
+    controls: Metrics | None = None,
 ) -> str:
     """The report text; ``figures`` maps a caption to a link relative to the report."""
     gene_sets = metrics_by_strategy[names[0]]["gene_sets"]
@@ -649,7 +699,9 @@ def _report_markdown(
         lines += ["## Was each gene set learned? (skill against the per-gene-mean predictor)", "", learned]
     probes = probe_table(metrics_by_strategy, names)
     if probes:
-        lines += ["## Probes (cross-validated accuracy, mean ± std over seeds)", "", probes]
+        lines += ["## Probes (cross-validated accuracy, mean ± std over seeds)", "", PROBE_NOTE, "", probes]
+    if controls is not None:
+        lines += ["## Controls: what complete forgetting and no forgetting look like", "", controls_table(controls)]
     compute = _compute_lines(metrics_by_strategy, names)
     if compute:
         lines += ["## Compute per strategy", "", compute]
@@ -667,11 +719,13 @@ def run_report(
     out_md: Path | str,
     plots_dir: Path | str,
     out_paired: Path | str | None = None,
+    controls: Path | str | None = None,
 ) -> None:
     """Load the metrics files; write one heatmap per strategy (``R_<strategy>.png``), the forgetting
     curves and probe accuracy figures into ``plots_dir``, the Markdown report linking them to
     ``out_md``, and the paired differences to ``finetune`` to ``out_paired`` (default: ``paired.json``
-    beside the report). Raises :class:`GilError` when no file is given or one is missing or malformed."""
+    beside the report). ``controls``: the document of ``gil controls``, shown when given. Raises
+    :class:`GilError` when no file is given or one is missing or malformed."""
     metrics_by_strategy = with_intransigence(load_metrics(metrics_paths))
     names = report_order(metrics_by_strategy)
     out_md, plots_dir = Path(out_md), Path(plots_dir)
@@ -689,4 +743,5 @@ def run_report(
     plot_probe_accuracy(metrics_by_strategy, plots_dir / PROBE_ACCURACY_PNG)
     figures["Probe accuracy"] = link(PROBE_ACCURACY_PNG)
     write_json(out_paired, paired_document(metrics_by_strategy))
-    write_text(out_md, _report_markdown(metrics_by_strategy, figures, names))
+    controls_document = _read_json(Path(controls), "controls") if controls is not None else None
+    write_text(out_md, _report_markdown(metrics_by_strategy, figures, names, controls_document))

@@ -175,6 +175,8 @@ PAIRED_QUANTITIES = (
     # plasticity = mean over k of R[k][k]: the loss on each new gene set right after its stage.
     Quantity("new_gene_mse", "new-gene MSE", ("regression", "plasticity")),
     Quantity("probe_delta", "probe Δ", ("probe", "delta")),
+    # The probe on each task's own gene set alone (evaluate.OWN_GENES), mean Δ over tasks.
+    Quantity("own_genes_probe_delta", "own-gene probe Δ", ("probe", "own_genes", "delta")),
 )
 """What the report compares with the reference, in column order; extend here (a missing key gives
 no value, never an error)."""

@@ -111,7 +111,8 @@ def fetch_leaderboard(
             for run in runs
         ]
     )
-    metric_names = sorted(set(per_run.columns) - {"strategy", "seed"})
+    # The per-run paired difference is shown once, as the mean with its interval (add_paired_columns).
+    metric_names = sorted(set(per_run.columns) - {"strategy", "seed", PAIRED_COLUMN})
     if metric not in metric_names:
         raise GilError(
             f"no run of {experiment!r} has metric {metric!r}; available: {', '.join(metric_names)}"
@@ -334,6 +335,28 @@ def _log_paired(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
         client.log_batch(run_id, metrics=metrics)
 
 
+def log_paired_on_runs(client: MlflowClient, experiment_id: str) -> None:
+    """Log ``delta_vs_finetune`` on every current parent run: its ``delta`` minus the reference's
+    ``delta`` of the same seed.
+
+    Why on the runs: the UI leaderboard is the runs table grouped by strategy (group rows show the
+    average), so the column shows each seed's paired difference and, on the group row, their mean.
+    Runs without ``delta`` or without a reference run of their seed get nothing.
+    """
+    runs = _search_all(client, experiment_id, _CURRENT_PARENTS)
+    reference = {
+        run.data.tags[TAG_SEED]: run.data.metrics["delta"]
+        for run in runs
+        if run.data.tags[TAG_STRATEGY] == REFERENCE and "delta" in run.data.metrics
+    }
+    now = int(time.time() * 1000)
+    for run in runs:
+        seed = run.data.tags[TAG_SEED]
+        if seed in reference and "delta" in run.data.metrics:
+            value = run.data.metrics["delta"] - reference[seed]
+            client.log_batch(run.info.run_id, metrics=[Metric(PAIRED_COLUMN, value, now, 0)])
+
+
 def run_leaderboard(
     config: TrackingConfig,
     experiment_default: str,
@@ -372,6 +395,7 @@ def run_leaderboard(
         table.to_csv(tmp, index=False, float_format="%.10g")
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, uri, experiment)
+    log_paired_on_runs(client, experiment_id)
     run_id = _leaderboard_run_id(client, experiment_id)
     existing = [path for path in figures or [] if path.is_file()]
     _log_leaderboard(client, run_id, table, metric, [markdown_path, csv_path, *existing])
