@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser run test test-fast mutants ui lint bench clean-runs
+.PHONY: install browser run ablations test test-fast mutants ui lint bench clean-runs
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,16 @@ install: $(STAMP)  ## create .venv and install gil with pinned dependencies
 
 run: install  ## run the default pipeline (Zeisel, all default strategies and seeds)
 	dvc repro
+
+# The ablations of the README (params.yaml entries outside `benchmark`), from the pipeline's base
+# stage, each paired with fine-tuning's seeds in reports/ablations.md.
+ABLATIONS ?= distill_5 distill_query_lam05 distill_query_lam5 distill_query_lam10 distill_query_q8 \
+	distill_query_q64 replay_50 replay_800
+ablations: run  ## train and evaluate the ablations (see ABLATIONS), report them against finetune
+	gil train $(addprefix -s ,$(ABLATIONS)) --base checkpoints/base
+	for name in $(ABLATIONS); do gil evaluate -s $$name || exit 1; done
+	gil report metrics/finetune.json metrics/distill.json metrics/distill_query.json \
+	  $(ABLATIONS:%=metrics/%.json) --out reports/ablations.md --plots plots/ablations
 
 # The MLflow UI is tested in Debian's headless Chromium (tests/test_ui.py); installed when missing.
 browser:

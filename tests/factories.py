@@ -117,3 +117,21 @@ def model_weights(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001 - a gil.t
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Bit-identical weight dictionaries (same keys, equal tensors)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def enter_stage(trainer, stage: int):  # noqa: ANN001, ANN201 - StageTrainer -> (StageContext, GeneTransformer)
+    """Train stages ``0..stage-1``, start ``stage`` as the loop does, then move the weights off the
+    previous stage's model. Returns the stage's context and an untouched copy of the previous stage's
+    model (the expected teacher)."""
+    import copy
+
+    for earlier in range(stage):
+        trainer.train_stage(earlier)
+    previous = copy.deepcopy(trainer.model).eval()
+    ctx = trainer._context(stage)
+    trainer.strategy.before_stage(ctx)
+    trainer.model.grow_vocabulary(trainer.vocab.size_through(stage), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for param in trainer.model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    return ctx, previous

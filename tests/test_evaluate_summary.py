@@ -63,9 +63,13 @@ def test_the_own_genes_probe_delta_runs_from_the_tasks_stage_and_is_nan_without_
     summary = evaluation.summary(TASKS, REFERENCE)
     tasks = summary["probe"]["tasks"]
     middle = tasks["middle"]["own_genes"]
-    assert middle["delta"] == pytest.approx(-0.5) and middle["delta_se"] == pytest.approx(np.std([-1, -1, 0, 0], ddof=1) / 2)
+    assert middle["delta"] == pytest.approx(-0.5) and middle["delta_se"] == pytest.approx(
+        np.std([-1, -1, 0, 0], ddof=1) / 2
+    )
     assert math.isnan(middle["accuracy"][0]) and middle["accuracy"][1:] == [1.0, 0.5]
-    assert math.isnan(tasks["early"]["own_genes"]["delta"]) and math.isnan(tasks["late"]["own_genes"]["delta"])
+    assert math.isnan(tasks["early"]["own_genes"]["delta"]) and math.isnan(
+        tasks["late"]["own_genes"]["delta"]
+    )
     assert summary["probe"]["own_genes"]["delta"] == pytest.approx(-0.5)  # the only task with a Δ
     assert summary["probe"]["delta"] == pytest.approx(-0.5)  # the usual probe's Δ is its own
     document = _aggregate({"0": summary, "1": summary})

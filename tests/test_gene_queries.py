@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from factories import make_config, make_processed, make_split
+from factories import enter_stage, make_config, make_processed, make_split
 
 from gil.data.batches import MASKED_VALUE, Batch, with_gene_queries
 from gil.data.vocab import NO_SET
@@ -37,22 +37,19 @@ def data_and_split():
 def _trainer(tmp_path, data_and_split, entry: dict, data=None, **config) -> StageTrainer:
     base_data, split = data_and_split
     return StageTrainer(
-        make_config(strategies={"s": entry}, **config), "s", 0, data or base_data, split, tmp_path, progress=False
+        make_config(strategies={"s": entry}, **config),
+        "s",
+        0,
+        data or base_data,
+        split,
+        tmp_path,
+        progress=False,
     )
 
 
 def _enter_stage_two(trainer: StageTrainer) -> tuple[StageContext, GeneTransformer]:
-    """Train stages 0-1, start stage 2 as the loop does; return its context and the expected teacher."""
-    trainer.train_stage(0)
-    trainer.train_stage(1)
-    teacher = copy.deepcopy(trainer.model).eval()
-    ctx = trainer._context(2)
-    trainer.strategy.before_stage(ctx)
-    trainer.model.grow_vocabulary(trainer.vocab.size_through(2), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for param in trainer.model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
-    return ctx, teacher
+    """Stage 2 started as the loop does, and the untouched stage-1 model (the expected teacher)."""
+    return enter_stage(trainer, 2)
 
 
 def _stage_two_batch(trainer: StageTrainer, seed: int = 0) -> Batch:
@@ -104,7 +101,9 @@ def test_queries_are_distinct_candidates_the_cell_does_not_carry_with_masked_val
 
 def test_queries_are_deterministic_per_seed_and_differ_between_seeds() -> None:
     batch, candidates, sets = _candidate_batch()
-    draws = [with_gene_queries(batch, candidates, sets, 2, np.random.default_rng(s)).genes for s in (3, 3, 4, 5)]
+    draws = [
+        with_gene_queries(batch, candidates, sets, 2, np.random.default_rng(s)).genes for s in (3, 3, 4, 5)
+    ]
     assert torch.equal(draws[0], draws[1])
     assert not (torch.equal(draws[0], draws[2]) and torch.equal(draws[0], draws[3]))
 

@@ -11,15 +11,10 @@ import matplotlib.image
 import pytest
 
 from gil.errors import GilError
+from gil.figures import plot_forgetting_curves, plot_probe_accuracy, plot_results_matrix
 from gil.files import write_json
-from gil.report import (
-    benchmark_table,
-    load_metrics,
-    plot_forgetting_curves,
-    plot_probe_accuracy,
-    plot_results_matrix,
-    run_report,
-)
+from gil.metrics_files import load_metrics
+from gil.report import benchmark_table, run_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -306,7 +301,7 @@ def test_paired_section_and_json_by_hand(tmp_path: Path) -> None:
         "| replay | 3 | −0.250 [−0.374, −0.126] | +0.050 [−0.074, +0.174] | +0.000 [+0.000, +0.000] "
         "| +0.083 [+0.012, +0.155] | resolved: lower than finetune |"
     ]
-    paired = json.loads((tmp_path / "reports" / "paired.json").read_text())
+    paired = json.loads((tmp_path / "reports" / "benchmark_paired.json").read_text())
     assert paired["reference"] == "finetune" and paired["confidence"] == 0.95
     delta = paired["strategies"]["replay"]["delta"]
     assert delta["n"] == 3 and delta["verdict"] == "resolved: lower than finetune"
@@ -359,7 +354,7 @@ def test_paired_section_without_finetune_is_one_line(tmp_path: Path) -> None:
     report = (tmp_path / "benchmark.md").read_text()
     section = report.split("(95 % t interval over seeds)\n\n")[1].split("\n\n")[0]
     assert section == "No `finetune` run among the strategies: nothing to pair the others with."
-    paired = json.loads((tmp_path / "paired.json").read_text())
+    paired = json.loads((tmp_path / "benchmark_paired.json").read_text())
     assert paired["reference_present"] is False and paired["strategies"] == {}
 
 
@@ -373,27 +368,62 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
         "delta": -0.2,
         "delta_se": 0.03,
     }
-    finetune["reference"] = {"probe": {"neurons": {"majority_rate": 0.4, "raw_accuracy": [0.8, 0.85, 0.9],
-                                                   "own_genes_raw_accuracy": [None, 0.75, 0.75]}}}
+    finetune["reference"] = {
+        "probe": {
+            "neurons": {
+                "majority_rate": 0.4,
+                "raw_accuracy": [0.8, 0.85, 0.9],
+                "own_genes_raw_accuracy": [None, 0.75, 0.75],
+            }
+        }
+    }
     table = probe_table(metrics_by_strategy, ["finetune", "replay"])
-    assert f"| neurons | finetune, {OWN_GENES_LABEL} | – | 0.700 ± 0.020 | 0.500 ± 0.040 | -0.200 ± 0.030 |" in table
+    assert (
+        f"| neurons | finetune, {OWN_GENES_LABEL} | – | 0.700 ± 0.020 | 0.500 ± 0.040 | -0.200 ± 0.030 |"
+        in table
+    )
     assert f"| neurons | raw-expression probe, {OWN_GENES_LABEL} | – | 0.750 | 0.750 |  |" in table
     assert f"replay, {OWN_GENES_LABEL}" not in table  # a run without the probe gets no row
     controls = {
         "strategy": "finetune",
         "forgotten_sets": ["T1"],
-        "delta_intact": 0.2, "delta_intact_std": 0.05,
-        "delta_positive": 1.5, "delta_positive_std": 0.1,
-        "delta_negative": 0.0, "delta_negative_std": 0.0,
-        "probe": {"neurons": {"majority_rate": 0.4, "intact_accuracy": 0.6, "intact_accuracy_std": 0.01,
-                              "positive_accuracy": 0.45, "positive_accuracy_std": 0.02,
-                              "positive_delta": -0.15, "positive_delta_std": 0.02,
-                              "negative_delta": 0.0, "negative_delta_std": 0.0}},
+        "delta_intact": 0.2,
+        "delta_intact_std": 0.05,
+        "delta_positive": 1.5,
+        "delta_positive_std": 0.1,
+        "delta_negative": 0.0,
+        "delta_negative_std": 0.0,
+        "probe": {
+            "neurons": {
+                "majority_rate": 0.4,
+                "intact_accuracy": 0.6,
+                "intact_accuracy_std": 0.01,
+                "positive_accuracy": 0.45,
+                "positive_accuracy_std": 0.02,
+                "positive_delta": -0.15,
+                "positive_delta_std": 0.02,
+                "negative_delta": 0.0,
+                "negative_delta_std": 0.0,
+            }
+        },
     }
+    from gil.report import probe_judgement
+
+    judged = probe_judgement(metrics_by_strategy, ["finetune"])
+    assert (
+        "neurons: finetune's probe on task genes only after stage 1: 0.700 (majority 0.400): judgeable"
+        in judged
+    )
+    finetune["probe"]["tasks"]["neurons"]["own_genes"]["accuracy"][1] = 0.5
+    assert "**cannot be judged at this scale**" in probe_judgement(metrics_by_strategy, ["finetune"])
     table = controls_table(controls)
     assert "| finetune, final model | 0.200 ± 0.050 | 0.600 ± 0.010 | – |" in table
-    assert "| positive control: rows of T1 redrawn | 1.500 ± 0.100 | 0.450 ± 0.020 | -0.150 ± 0.020 |" in table
-    assert "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 ± 0.010 | 0.000 ± 0.000 |" in table
+    assert (
+        "| positive control: rows of T1 redrawn | 1.500 ± 0.100 | 0.450 ± 0.020 | -0.150 ± 0.020 |" in table
+    )
+    assert (
+        "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 ± 0.010 | 0.000 ± 0.000 |" in table
+    )
     paths = []
     for name, metrics in metrics_by_strategy.items():
         paths.append(tmp_path / f"{name}.json")

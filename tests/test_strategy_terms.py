@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from factories import make_config, make_processed, make_split, model_weights, same_weights
+from factories import enter_stage, make_config, make_processed, make_split, model_weights, same_weights
 
 from gil.data.batches import Batch
 from gil.model import GeneTransformer
@@ -37,19 +37,8 @@ def _trainer(tmp_path, data_and_split, name: str, entry: dict, **config) -> Stag
 
 
 def _enter_stage_one(trainer: StageTrainer) -> tuple[StageContext, GeneTransformer]:
-    """Train stage 0, start stage 1 as the loop does, then move the weights off the stage-0 model.
-
-    Returns the stage-1 context and an untouched copy of the stage-0 model (the expected teacher).
-    """
-    trainer.train_stage(0)
-    stage_zero = copy.deepcopy(trainer.model).eval()
-    ctx = trainer._context(1)
-    trainer.strategy.before_stage(ctx)
-    trainer.model.grow_vocabulary(trainer.vocab.size_through(1), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for param in trainer.model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
-    return ctx, stage_zero
+    """Stage 1 started as the loop does, and the untouched stage-0 model (the expected teacher)."""
+    return enter_stage(trainer, 1)
 
 
 def _stage_batch(trainer: StageTrainer, stage: int, seed: int = 0) -> Batch:

@@ -312,7 +312,7 @@ def seed_artifacts(strategy: str, summary: dict[str, Any], set_names: list[str],
     two strategies' forgetting curves can be compared there.
     """
 
-    from gil.report import plot_forgetting_curves, plot_results_matrix
+    from gil.figures import plot_forgetting_curves, plot_results_matrix
 
     document = finite_or_none({"strategy": strategy, "gene_sets": set_names, **summary})
     paths = [out_dir / "metrics.json", out_dir / "R.png", out_dir / "forgetting.png"]

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from gil.errors import GilError
+from gil.figures import new_figure, save_png, strategy_colors
 from gil.files import write_json, write_text
 from gil.metrics.paired import REFERENCE, PairedDifference, differences_to_reference, format_difference
-from gil.report import format_stat, load_metrics, new_figure, report_order, save_png, strategy_colors
+from gil.metrics_files import format_stat, load_metrics, report_order
 from gil.settings import setting_dir
 
 SUITE_METRICS = ("delta", "forgetting", "final_mse", "skill_new", "probe_delta")

@@ -60,6 +60,9 @@ StrategyOption = Annotated[str, typer.Option("--strategy", "-s", help="A name un
 ProcessedOption = Annotated[
     Path | None, typer.Option(help=f"Processed data directory (default: {PROCESSED}).")
 ]
+CheckpointsOption = Annotated[
+    Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
+]
 SplitOption = Annotated[Path | None, typer.Option("--split", help=f"Split directory (default: {SPLIT}).")]
 JobsOption = Annotated[
     int | None,

@@ -16,6 +16,7 @@ from gil.cli.common import (
     SPLIT,
     AddressOption,
     BackendOption,
+    CheckpointsOption,
     ParamsOption,
     ProcessedOption,
     SettingOption,
@@ -66,9 +67,7 @@ def evaluate(
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = None,
     split_dir: SplitOption = None,
-    checkpoints: Annotated[
-        Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
-    ] = None,
+    checkpoints: CheckpointsOption = None,
     reference_file: Annotated[
         Path | None,
         typer.Option(
@@ -123,9 +122,7 @@ def controls(
     params: ParamsOption = DEFAULT_PARAMS,
     processed: ProcessedOption = None,
     split_dir: SplitOption = None,
-    checkpoints: Annotated[
-        Path | None, typer.Option(help="Checkpoints (default: checkpoints/<strategy>).")
-    ] = None,
+    checkpoints: CheckpointsOption = None,
     out: Annotated[Path | None, typer.Option(help="Output (default: metrics/controls.json).")] = None,
     setting: SettingOption = None,
 ) -> None:
@@ -250,7 +247,7 @@ def leaderboard(
         experiment = config.suite_experiment_name()
         typer.echo(run_suite_leaderboard(config.tracking, experiment, metric or "delta", out))
         return
-    from gil.report import FORGETTING_CURVES_PNG
+    from gil.figures import FORGETTING_CURVES_PNG
     from gil.tracking.leaderboard import run_leaderboard
 
     typer.echo(

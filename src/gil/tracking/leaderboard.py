@@ -36,9 +36,9 @@ from mlflow.tracking import MlflowClient
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
+from gil.figures import plot_ranking
 from gil.files import atomic_file, write_text
 from gil.metrics.paired import REFERENCE, format_interval
-from gil.report import plot_ranking
 from gil.settings import SETTING_TAG
 from gil.suite import kendall_w, paired_to_reference, rank_overall, rank_per_setting, rank_table, suite_table
 from gil.tracking.mlflow_tracker import (
