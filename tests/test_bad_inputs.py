@@ -251,6 +251,25 @@ CASES: dict[str, tuple[Case, list[str]]] = {
         ),
         ["different config"],
     ),
+    "controls_missing_checkpoints": (
+        _with_params(
+            lambda raw: None,
+            "controls",
+            "--processed",
+            "PROCESSED",
+            "--split",
+            "SPLIT",
+            "--checkpoints",
+            "NONE",
+            "--out",
+            "CKPT",
+        ),
+        ["not found"],
+    ),
+    "controls_unknown_strategy": (
+        _with_params(lambda raw: None, "controls", "-s", "nosuch", "--out", "CKPT"),
+        ["unknown strategy 'nosuch'"],
+    ),
     # tracking URIs
     "tracking_unreachable_server": (_train(_set("tracking.uri", "http://127.0.0.1:9")), ["unreachable"]),
     "tracking_unsupported_uri": (_train(_set("tracking.uri", "ftp://example/x")), ["tracking.uri"]),
