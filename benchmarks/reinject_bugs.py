@@ -384,10 +384,17 @@ BUGS = [
         ("test_controls.py",),
     ),
     Bug(
-        "controls: the negative control compares two different stages",
+        "controls: the negative control scores the redrawn model",
         "controls.py",
-        "again, again_correct = self._scores(self._model(seed, self.last))",
-        "again, again_correct = self._scores(self._model(seed, self.last - 1))",
+        'scored = {"negative": self._scores(self._model(seed, self.last))}',
+        'scored = {"negative": self._scores(redraw_gene_rows(self._model(seed, self.last), self.forgotten_tokens, seed))}',
+        ("test_controls.py",),
+    ),
+    Bug(
+        "controls: the collapse keeps the rows as they are",
+        "controls.py",
+        "weight[index] = weight[index].mean(dim=0, keepdim=True)",
+        "weight[index] = weight[index]",
         ("test_controls.py",),
     ),
 ]

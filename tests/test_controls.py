@@ -7,25 +7,37 @@ import pytest
 import torch
 from factories import make_config, make_processed, make_split
 
-from gil.controls import forget_gene_rows, run_controls
+from gil.controls import collapse_gene_rows, redraw_gene_rows, run_controls
 from gil.evaluate import evaluate_strategy
 from gil.model import GeneTransformer
 from gil.train.loop import train_strategy
 
 
-def test_forgetting_rows_redraws_exactly_those_rows_at_the_initial_scale() -> None:
+def test_redrawing_rows_redraws_exactly_those_rows_at_the_initial_scale() -> None:
     model = GeneTransformer(n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0)
     with torch.no_grad():
         model.gene_embedding.weight.mul_(10.0)  # trained rows, far from the initial scale
     before = model.gene_embedding.weight.detach().clone()
     tokens = np.arange(100, 300)
-    forget_gene_rows(model, tokens, seed=0)
+    redraw_gene_rows(model, tokens, seed=0)
     after = model.gene_embedding.weight.detach()
     changed = (after != before).any(dim=1)
     assert changed[100:300].all() and not changed[:100].any() and not changed[300:].any()
     assert float(after[100:300].std()) == pytest.approx(model.gene_embedding.init_std, rel=0.05)
-    again = forget_gene_rows(GeneTransformer(400, 1, 64, 2, 32, 0.0), tokens, seed=0).gene_embedding.weight
+    again = redraw_gene_rows(GeneTransformer(400, 1, 64, 2, 32, 0.0), tokens, seed=0).gene_embedding.weight
     assert torch.equal(again[100:300], after[100:300])  # seeded
+
+
+def test_collapsing_rows_sets_exactly_those_rows_to_their_mean() -> None:
+    model = GeneTransformer(n_tokens=50, n_layers=1, d_model=8, n_heads=2, d_ff=8, dropout=0.0)
+    before = model.gene_embedding.weight.detach().clone()
+    tokens = np.array([3, 7, 11])
+    after = collapse_gene_rows(model, tokens, seed=0).gene_embedding.weight.detach()
+    expected = before[[3, 7, 11]].mean(dim=0)
+    for token in tokens:
+        torch.testing.assert_close(after[token], expected)
+    others = np.setdiff1d(np.arange(50), tokens)
+    assert torch.equal(after[others], before[others])
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +53,7 @@ def trained(tmp_path_factory):
     return config, data, split, out
 
 
-def test_negative_control_is_exactly_zero_and_positive_control_dwarfs_the_runs_forgetting(trained) -> None:
+def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_forgetting(trained) -> None:
     config, data, split, out = trained
     document = run_controls(config, "finetune", data, split, out)
     evaluated = evaluate_strategy(config, "finetune", data, split, out)
@@ -51,6 +63,9 @@ def test_negative_control_is_exactly_zero_and_positive_control_dwarfs_the_runs_f
         assert controls["probe"]["kind"]["negative_delta"] == 0.0
         # The intact run's Δ is the evaluation's own Δ of T1 for that seed.
         assert controls["delta_intact"] == pytest.approx([evaluated["per_seed"][seed]["regression"]["delta"]])
-        assert controls["delta_positive"][0] > 3 * max(controls["delta_intact"][0], 0.01)
+        for name in ("redrawn", "collapsed"):
+            assert controls[f"delta_{name}"][0] > 3 * max(controls["delta_intact"][0], 0.01), name
     assert document["delta_negative"] == 0.0
-    assert document["delta_positive"] > 3 * max(document["delta_intact"], 0.01)
+    assert document["delta_redrawn"] > 3 * max(document["delta_intact"], 0.01)
+    probe = document["probe"]["kind"]
+    assert probe["negative_accuracy"] == probe["intact_accuracy"]

@@ -387,23 +387,26 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
     controls = {
         "strategy": "finetune",
         "forgotten_sets": ["T1"],
-        "delta_intact": 0.2,
-        "delta_intact_std": 0.05,
-        "delta_positive": 1.5,
-        "delta_positive_std": 0.1,
-        "delta_negative": 0.0,
-        "delta_negative_std": 0.0,
+        **{
+            f"delta_{n}": v
+            for n, v in {"intact": 0.2, "redrawn": 1.5, "collapsed": 0.9, "negative": 0.0}.items()
+        },
+        **{
+            f"delta_{n}_std": v
+            for n, v in {"intact": 0.05, "redrawn": 0.1, "collapsed": 0.2, "negative": 0.0}.items()
+        },
         "probe": {
             "neurons": {
                 "majority_rate": 0.4,
                 "intact_accuracy": 0.6,
                 "intact_accuracy_std": 0.01,
-                "positive_accuracy": 0.45,
-                "positive_accuracy_std": 0.02,
-                "positive_delta": -0.15,
-                "positive_delta_std": 0.02,
+                "redrawn_accuracy": 0.58,
+                "redrawn_delta": -0.02,
+                "collapsed_accuracy": 0.45,
+                "collapsed_delta": -0.15,
+                "collapsed_delta_std": 0.02,
+                "negative_accuracy": 0.6,
                 "negative_delta": 0.0,
-                "negative_delta_std": 0.0,
             }
         },
     }
@@ -418,12 +421,12 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
     assert "**cannot be judged at this scale**" in probe_judgement(metrics_by_strategy, ["finetune"])
     table = controls_table(controls)
     assert "| finetune, final model | 0.200 ± 0.050 | 0.600 ± 0.010 | – |" in table
+    assert "| positive control: rows of T1 redrawn | 1.500 ± 0.100 | 0.580 | -0.020 |" in table
     assert (
-        "| positive control: rows of T1 redrawn | 1.500 ± 0.100 | 0.450 ± 0.020 | -0.150 ± 0.020 |" in table
+        "| positive control: rows of T1 collapsed to their mean | 0.900 ± 0.200 | 0.450 | -0.150 ± 0.020 |"
+        in table
     )
-    assert (
-        "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 ± 0.010 | 0.000 ± 0.000 |" in table
-    )
+    assert "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 | 0.000 |" in table
     paths = []
     for name, metrics in metrics_by_strategy.items():
         paths.append(tmp_path / f"{name}.json")

@@ -1,13 +1,17 @@
-"""``gil controls``: can the evaluation see forgetting at all? A positive and a negative control.
+"""``gil controls``: can the evaluation see forgetting at all? Positive and negative controls.
 
-Why: a benchmark that reports "no forgetting" must show that it would have seen forgetting. Both
+Why: a benchmark that reports "no forgetting" must show that it would have seen forgetting. The
 controls start from the final checkpoint of one run (default: fine-tuning), seed by seed:
 
-- **positive control**: the gene embedding rows of every earlier stage set ``T1..T(n-1)`` are
-  replaced by freshly initialised rows, at the scale new genes start from (the model has lost those
-  genes completely, everything else intact). Its regression Δ on those sets (against the run's own
-  loss right after each set's stage) and the drop of the ``own_genes`` probe (input: the task's own
-  genes) against the intact model say what complete forgetting looks like at this scale;
+- **positive controls**: the gene embedding rows of every earlier stage set ``T1..T(n-1)`` are
+  ``redrawn`` (replaced by freshly initialised rows at the scale new genes start from: the genes'
+  learned identities replaced by new random ones) or ``collapsed`` (all set to their mean: the
+  model can no longer tell those genes apart); everything else intact. Their regression Δ on those
+  sets (against the run's own loss right after each set's stage) and the change of the
+  ``own_genes`` probe (input: the task's own genes) against the intact model say what complete
+  forgetting looks like at this scale. Why both: a retrained probe decodes any consistent code, and
+  redrawn rows are one (random, but fixed per gene), so only the collapse shows whether the probe can
+  see identities that are gone;
 - **negative control**: the same intact checkpoint loaded and scored twice, as "before" and "after":
   Δ and probe Δ must be exactly 0 (the evaluation is deterministic: any other value would be noise
   in the measurement itself).
@@ -17,6 +21,7 @@ Output ``metrics/controls.json``: per seed and as means over seeds; ``gil report
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +39,13 @@ from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.loop import derive_seed, load_stage_model, run_fingerprint
 
 NOTE = (
-    "positive: the final model with the embedding rows of T1..T(n-1) freshly initialised (complete "
-    "forgetting of those genes); negative: the same final model scored twice (no forgetting: exactly 0)"
+    "positive: the final model with the embedding rows of T1..T(n-1) redrawn (fresh random rows) or "
+    "collapsed to their mean (identities removed); negative: the same final model scored twice (no "
+    "forgetting: exactly 0)"
 )
 
 
-def forget_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
+def redraw_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
     """``model`` with the embedding rows of ``tokens`` redrawn as a new gene's rows are (in place)."""
     table = model.gene_embedding
     generator = torch.Generator().manual_seed(derive_seed(seed, 0xF0F0))
@@ -49,8 +55,25 @@ def forget_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> G
     return model
 
 
+def collapse_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
+    """``model`` with the embedding rows of ``tokens`` all set to their mean (in place; ``seed`` is
+    unused: the signature every positive control shares)."""
+    weight = model.gene_embedding.weight
+    index = torch.as_tensor(tokens, dtype=torch.long)
+    with torch.no_grad():
+        weight[index] = weight[index].mean(dim=0, keepdim=True)
+    return model
+
+
+POSITIVE_CONTROLS: dict[str, Callable[[GeneTransformer, np.ndarray, int], GeneTransformer]] = {
+    "redrawn": redraw_gene_rows,
+    "collapsed": collapse_gene_rows,
+}
+ROWS = ("intact", *POSITIVE_CONTROLS, "negative")  # the intact run, then every control
+
+
 class Controls:
-    """The two controls of one run's checkpoints (see the module docstring)."""
+    """The controls of one run's checkpoints (see the module docstring)."""
 
     def __init__(self, config: Config, strategy: str, data: ProcessedData, split: Split, checkpoints: Path):
         self.evaluator = Evaluator(config, strategy, data, split, checkpoints)
@@ -77,50 +100,53 @@ class Controls:
         return row, correct
 
     def seed(self, seed: int) -> dict[str, Any]:
-        """Both controls of one seed, next to the intact run's own forgetting."""
+        """Every control of one seed, next to the intact run's own forgetting."""
         learned = np.array(
             [self.evaluator.inputs.regression(self._model(seed, j), j).mse[j] for j in range(1, self.last)]
         )
         intact, intact_correct = self._scores(self._model(seed, self.last))
-        again, again_correct = self._scores(self._model(seed, self.last))
-        forgotten = forget_gene_rows(self._model(seed, self.last), self.forgotten_tokens, seed)
-        corrupted, corrupted_correct = self._scores(forgotten)
+        scored = {"negative": self._scores(self._model(seed, self.last))}
+        for name, damage in POSITIVE_CONTROLS.items():
+            scored[name] = self._scores(damage(self._model(seed, self.last), self.forgotten_tokens, seed))
         sets = slice(1, self.last)
-        probes = {}
-        for task in self.tasks:
-            name = task.name
-            positive, positive_se = paired_delta(corrupted_correct[name], intact_correct[name])
-            probes[name] = {
-                "intact_accuracy": float(intact_correct[name].mean()),
-                "positive_accuracy": float(corrupted_correct[name].mean()),
-                "positive_delta": positive,
-                "positive_delta_se": positive_se,
-                "negative_delta": paired_delta(again_correct[name], intact_correct[name])[0],
-                "majority_rate": task.majority_rate,
-            }
-        return {
+        result: dict[str, Any] = {
             "learned_mse": learned.tolist(),
             "delta_intact": (intact[sets] - learned).tolist(),
-            "delta_positive": (corrupted[sets] - learned).tolist(),
-            "delta_negative": (again - intact).tolist(),
-            "probe": probes,
         }
+        probes: dict[str, dict[str, float]] = {
+            task.name: {
+                "majority_rate": task.majority_rate,
+                "intact_accuracy": float(intact_correct[task.name].mean()),
+            }
+            for task in self.tasks
+        }
+        for name, (row, correct) in scored.items():
+            # The negative control compares whole rows; a positive one the damaged sets' Δ.
+            damaged = row - intact if name == "negative" else row[sets] - learned
+            result[f"delta_{name}"] = damaged.tolist()
+            for task in self.tasks:
+                delta, delta_se = paired_delta(correct[task.name], intact_correct[task.name])
+                probes[task.name] |= {
+                    f"{name}_accuracy": float(correct[task.name].mean()),
+                    f"{name}_delta": delta,
+                    f"{name}_delta_se": delta_se,
+                }
+        return {**result, "probe": probes}
 
 
 def _means(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds of each control's Δ (averaged over the forgotten sets) and probe Δ."""
+    """Mean ± std over seeds of each row's Δ (averaged over the forgotten sets) and probe values."""
     seeds = list(per_seed.values())
     summary: dict[str, Any] = {}
-    for key in ("delta_intact", "delta_positive", "delta_negative"):
-        mean, std = mean_std([float(np.mean(s[key])) for s in seeds])
-        summary[key], summary[f"{key}_std"] = mean, std
+    for name in ROWS:
+        mean, std = mean_std([float(np.mean(s[f"delta_{name}"])) for s in seeds])
+        summary[f"delta_{name}"], summary[f"delta_{name}_std"] = mean, std
     probes: dict[str, Any] = {}
-    for name in seeds[0]["probe"]:
-        probes[name] = {}
-        for key in ("intact_accuracy", "positive_accuracy", "positive_delta", "negative_delta"):
-            mean, std = mean_std([s["probe"][name][key] for s in seeds])
-            probes[name][key], probes[name][f"{key}_std"] = mean, std
-        probes[name]["majority_rate"] = seeds[0]["probe"][name]["majority_rate"]
+    for task, first in seeds[0]["probe"].items():
+        probes[task] = {"majority_rate": first["majority_rate"]}
+        for key in [key for key in first if key.endswith(("_accuracy", "_delta"))]:
+            mean, std = mean_std([s["probe"][task][key] for s in seeds])
+            probes[task][key], probes[task][f"{key}_std"] = mean, std
     return {**summary, "probe": probes}
 
 

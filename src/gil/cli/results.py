@@ -143,9 +143,9 @@ def controls(
     out = path_or_default(out, CONTROLS, setting)
     write_json(out, document)
     typer.echo(
-        f"{strategy}: delta {document['delta_intact']:.3f}; positive control (rows of "
-        f"{', '.join(document['forgotten_sets'])} redrawn) {document['delta_positive']:.3f}; "
-        f"negative control {document['delta_negative']} -> {out}"
+        f"{strategy}: delta {document['delta_intact']:.3f}; positive controls (rows of "
+        f"{', '.join(document['forgotten_sets'])} redrawn / collapsed) {document['delta_redrawn']:.3f} / "
+        f"{document['delta_collapsed']:.3f}; negative control {document['delta_negative']} -> {out}"
     )
 
 
