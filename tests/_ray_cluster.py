@@ -1,7 +1,8 @@
 """Real Ray clusters for tests: ``ray start`` processes with their own temp dir, stopped by PID.
 
 Never ``ray stop`` (it stops every Ray process on the machine, other people's too). Token
-authentication as in production (``RAY_AUTH_MODE=token``, the token of ``~/.ray/auth_token``).
+authentication as in production (``RAY_AUTH_MODE=token``), with the test session's own token
+(``RAY_AUTH_TOKEN_PATH``, set in ``conftest.py``), never the user's ``~/.ray/auth_token``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,29 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+
+def _session_ray_token() -> None:
+    """Every Ray process of the test session (local ``ray.init``, ``ray start`` heads and nodes, the
+    driver joining them) authenticates with one token made for this session, in a file of its own.
+
+    Why: Ray 2.60 turns token authentication on by default and otherwise reads or writes
+    ``~/.ray/auth_token``; tests must pass with an empty ``HOME`` and whatever ``RAY_AUTH_MODE`` the
+    caller's environment holds, and must never touch the user's ``~/.ray``. Set before Ray is
+    imported (this module loads first), inherited by every subprocess.
+    """
+    import secrets
+    import tempfile
+
+    token_file = Path(tempfile.mkdtemp(prefix="gil-test-ray-token-")) / "auth_token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+_session_ray_token()
+
 SYNTHETIC = {"n_cells": 300, "n_genes": 60, "n_types": 4, "seed": 0, "n_groups": 2, "n_markers": 5}
 
 
