@@ -323,8 +323,8 @@ BUGS = [
     Bug(
         "queries: distill_query term sign flipped",
         "strategies/distill.py",
-        'terms["distill_query"] = self.params.lam * distillation_loss(',
-        'terms["distill_query"] = -self.params.lam * distillation_loss(',
+        'terms["distill_query"] = self.params.lam * query_gap',
+        'terms["distill_query"] = -self.params.lam * query_gap',
         ("test_gene_queries.py",),
     ),
     Bug(
@@ -387,7 +387,8 @@ BUGS = [
         "controls: the negative control scores the redrawn model",
         "controls.py",
         'scored = {"negative": self._scores(self._model(seed, self.last))}',
-        'scored = {"negative": self._scores(redraw_gene_rows(self._model(seed, self.last), self.forgotten_tokens, seed))}',
+        'scored = {"negative": self._scores(redraw_gene_rows(self._model(seed, self.last), '
+        "self.forgotten_tokens, seed))}",
         ("test_controls.py",),
     ),
     Bug(

@@ -227,7 +227,8 @@ def probe_judgement(metrics_by_strategy: Mapping[str, Metrics], names: Sequence[
         if accuracy is None or majority is None:
             continue
         verdict = (
-            "judgeable: its later drop measures the forgetting of those genes"
+            "judgeable: the probe learned the task from these genes (but see the controls: a retrained probe"
+            " also decodes redrawn rows)"
             if accuracy >= majority + JUDGEABLE_MARGIN
             else f"**cannot be judged at this scale**: the probe is less than {JUDGEABLE_MARGIN} above the"
             " majority rate when the genes are learned, so a drop would be within what it never knew"

@@ -75,7 +75,8 @@ class Distill(Strategy):
         positions = known_positions(batch, known) & batch.masked
         terms = {"distill": self.params.lam * distillation_loss(output.mlm, target.mlm, positions)}
         if self.params.queries_per_cell > 0 and len(self.query_tokens) > 0:
-            terms["distill_query"] = self.params.lam * distillation_loss(output.mlm, target.mlm, batch.queries)
+            query_gap = distillation_loss(output.mlm, target.mlm, batch.queries)
+            terms["distill_query"] = self.params.lam * query_gap
         if self.params.cls_weight > 0:
             terms["distill_cls"] = self.params.cls_weight * torch.nn.functional.mse_loss(
                 output.cell, target.cell

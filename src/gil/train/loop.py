@@ -157,7 +157,7 @@ STRATEGY_KEYS_ADDED_LATER = {"queries_per_cell": 0}
 
 
 def _without_old_defaults(values: dict, added_later: dict) -> dict:
-    """``values`` without the keys added later that hold the behaviour of before (older checkpoints resume)."""
+    """``values`` without the keys added later that hold the old behaviour (older checkpoints resume)."""
     return {key: value for key, value in values.items() if added_later.get(key, object()) != value}
 
 
