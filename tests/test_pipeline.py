@@ -93,6 +93,7 @@ def test_the_ray_backend_changes_no_dependency_and_no_result(own_project) -> Non
     through Ray (a local Ray started by each command) gives the same metrics file, byte for byte."""
     repo, env = own_project
     before = (repo / "metrics" / "finetune.json").read_bytes()
+    controls_before = (repo / "metrics" / "controls.json").read_bytes()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["compute"] = {"backend": "ray", "address": "local"}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -102,6 +103,7 @@ def test_the_ray_backend_changes_no_dependency_and_no_result(own_project) -> Non
     _run([sys.executable, "-m", "dvc", "repro", "-f", "-s", "train@finetune"], repo, env)
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    # the new checkpoints' bytes differ (wall-clock timings), the metrics do not
-    assert ran == {"evaluate@finetune", "leaderboard"}
+    # the new checkpoints' bytes differ (wall-clock timings), the metrics and the controls do not
+    assert ran == {"evaluate@finetune", "controls", "leaderboard"}
     assert (repo / "metrics" / "finetune.json").read_bytes() == before
+    assert (repo / "metrics" / "controls.json").read_bytes() == controls_before
