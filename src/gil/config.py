@@ -28,33 +28,44 @@ class Section(BaseModel):
 class DatasetConfig(Section):
     """Where the raw ``.h5ad`` is and how to read it."""
 
-    name: str = "dataset"
-    path: Path
-    counts_layer: str | None = None
-    gene_column: str | None = None
-    label_columns: list[str] = Field(default_factory=list)
+    name: str = Field("dataset", description="the dataset's name; the MLflow experiment is gil-<name>")
+    path: Path = Field(description="the raw .h5ad file (raw counts in X or in counts_layer)")
+    counts_layer: str | None = Field(None, description="layer holding the raw counts (null: counts are in X)")
+    gene_column: str | None = Field(
+        None, description="var column of gene symbols (null: gene names are var_names)"
+    )
+    label_columns: list[str] = Field(
+        default_factory=list,
+        description="obs columns kept as cell labels, for tasks, probes and replay balancing",
+    )
 
 
 class PrepareConfig(Section):
     """Quality control and transformation applied by ``gil prepare``."""
 
-    min_genes_per_cell: int = Field(200, ge=0)
-    min_cells_per_gene: int = Field(3, ge=0)
-    normalize_total: float | None = Field(None, gt=0)
-    chunk_size: int = Field(2000, ge=1)
-    # The value representation (gil.data.prepare): log1p, or scGPT's per-cell bins 1..n_bins-1 of the
-    # non-zero values; auto: what model.init's checkpoint was trained on (args.json), else log1p.
-    values: Literal["auto", "log1p", "binned"] = "auto"
+    min_genes_per_cell: int = Field(200, ge=0, description="cells with fewer expressed genes are dropped")
+    min_cells_per_gene: int = Field(3, ge=0, description="genes expressed in fewer cells are dropped")
+    normalize_total: float | None = Field(
+        None,
+        gt=0,
+        description="scale each cell's counts to this total before log1p (null: plain log1p, as the paper)",
+    )
+    chunk_size: int = Field(2000, ge=1, description="cells read and written at a time (memory, not results)")
+    values: Literal["auto", "log1p", "binned"] = Field(
+        "auto",
+        description="the value representation: log1p, or scGPT's per-cell bins 1..n_bins-1 of the non-zero "
+        "values; auto: what model.init's checkpoint was trained on (args.json), else log1p",
+    )
     n_bins: int | None = Field(None, ge=3, description="bins of 'binned' (auto: the checkpoint's n_bins)")
 
 
 class TaskConfig(Section):
     """A downstream task: a named subset of cells and the label to predict on it."""
 
-    name: str
-    label: str
-    column: str | None = None
-    values: list[str] | None = None
+    name: str = Field(description="the task's name (probe and report labels)")
+    label: str = Field(description="obs column the probe predicts (one of dataset.label_columns)")
+    column: str | None = Field(None, description="obs column that selects the task's cells (with values)")
+    values: list[str] | None = Field(None, description="values of column whose cells belong to the task")
 
     @model_validator(mode="after")
     def _column_and_values_together(self) -> TaskConfig:
@@ -66,15 +77,28 @@ class TaskConfig(Section):
 class GeneSplitConfig(Section):
     """How genes are partitioned into base genes ``B`` and stage genes ``T1..Tn``."""
 
-    method: Literal["random", "importance", "file", "new_to_model"] = "importance"
-    # new_to_model: B is the genes model.init's vocabulary knows; the others are spread over the
-    # stages by 'assign' (the rules of the other methods, applied to the new genes only).
-    assign: Literal["importance", "random", "file"] = "importance"
+    method: Literal["random", "importance", "file", "new_to_model"] = Field(
+        "importance",
+        description="importance: task k's most expressed genes are T_k; random: n_stages random sets; "
+        "file: lists in 'file'; new_to_model: B is the genes model.init's vocabulary knows",
+    )
+    assign: Literal["importance", "random", "file"] = Field(
+        "importance",
+        description="new_to_model: how the genes new to the model are spread over the stages (the rules "
+        "of the other methods, applied to the new genes only)",
+    )
     n_stages: int = Field(2, ge=1, description="number of incremental stages for method 'random'")
     stage_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of genes per stage ('random')")
     top_n: int = Field(200, ge=1, description="genes per task ('importance')")
-    score: Literal["expression", "differential"] = "expression"
-    file: Path | None = None
+    score: Literal["expression", "differential"] = Field(
+        "expression",
+        description="how 'importance' ranks a task's genes: summed expression (paper) or differential",
+    )
+    file: Path | None = Field(
+        None,
+        description="method 'file': YAML {T1: [genes], ...} or CSV/TSV with columns gene, stage (keep it in "
+        "gene_lists/)",
+    )
 
     @model_validator(mode="after")
     def _file_given(self) -> GeneSplitConfig:
@@ -87,11 +111,21 @@ class GeneSplitConfig(Section):
 class SplitConfig(Section):
     """Gene sets, cell stages and tasks, all drawn from ``seed``."""
 
-    seed: int = 0
-    eval_fraction: float = Field(0.2, gt=0, lt=1)
-    base_fraction: float = Field(0.5, gt=0, lt=1)
-    genes: GeneSplitConfig = GeneSplitConfig()
-    tasks: list[TaskConfig] = Field(default_factory=list)
+    seed: int = Field(
+        0, description="fixes the gene sets, the held-out cells, each cell's stage and the tasks' cells"
+    )
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of cells held out for evaluation")
+    base_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="fraction of the training cells in the base stage 0 (the rest share stages 1..n)",
+    )
+    genes: GeneSplitConfig = Field(GeneSplitConfig(), description="how the genes are split into B, T1..Tn")
+    tasks: list[TaskConfig] = Field(
+        default_factory=list,
+        description="downstream tasks: task k defines the genes of stage k (importance) and a probe",
+    )
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -143,7 +177,9 @@ class ModelInitConfig(Section):
     """Where the base stage's weights come from: random initialisation, or a pretrained scGPT model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
-    source: Literal["random", "scgpt"] = Field("random", alias="from")
+    source: Literal["random", "scgpt"] = Field(
+        "random", alias="from", description="random initialisation, or a pretrained scGPT model as stage 0"
+    )
     path: Path | None = Field(
         None, description="the scGPT model directory (args.json, vocab.json, best_model.pt)"
     )
@@ -169,18 +205,30 @@ CHECKPOINT_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "activation", "valu
 class ModelConfig(Section):
     """Transformer sizes: a preset, with any field overridable; or the sizes of ``init``'s checkpoint."""
 
-    init: ModelInitConfig = ModelInitConfig()
-    preset: Literal["paper", "bench", "cpu", "tiny"] = "cpu"
-    n_layers: int | None = Field(None, ge=1)
-    d_model: int | None = Field(None, ge=2)
-    n_heads: int | None = Field(None, ge=1)
-    d_ff: int | None = Field(None, ge=1)
-    dropout: float | None = Field(None, ge=0, lt=1)
-    max_seq: int | None = Field(None, ge=2)
+    init: ModelInitConfig = Field(ModelInitConfig(), description="where stage 0's weights come from")
+    preset: Literal["paper", "bench", "cpu", "tiny"] = Field(
+        "cpu", description="model sizes: paper (GPU), bench, cpu (minutes on 2 cores), tiny (tests)"
+    )
+    n_layers: int | None = Field(None, ge=1, description="transformer layers (null: the preset's)")
+    d_model: int | None = Field(None, ge=2, description="embedding width (null: the preset's)")
+    n_heads: int | None = Field(
+        None, ge=1, description="attention heads; must divide d_model (null: the preset's)"
+    )
+    d_ff: int | None = Field(None, ge=1, description="feed-forward width (null: the preset's)")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout rate (null: the preset's or the checkpoint's)"
+    )
+    max_seq: int | None = Field(
+        None, ge=2, description="genes per cell in a batch; cells with more are sampled (null: the preset's)"
+    )
     gene_init_std: float | None = Field(None, gt=0, description="std of every gene embedding row at creation")
     activation: Literal["gelu", "relu"] | None = Field(None, description="feed-forward non-linearity")
     value_clamp: float | None = Field(None, gt=0, description="input values are clamped at it (null: none)")
-    vocabulary: Literal["growing", "preallocated"] = "growing"
+    vocabulary: Literal["growing", "preallocated"] = Field(
+        "growing",
+        description="growing: the embedding table grows with each stage's genes (true token-incremental); "
+        "preallocated: every gene's row exists from the start (the paper's code)",
+    )
 
     def resolved(self) -> dict[str, Any]:
         """The preset's sizes with this section's overrides applied (or the checkpoint's sizes)."""
@@ -216,33 +264,65 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Stage-wise optimisation; ``seeds`` drive initialisation and training (not the data split)."""
 
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    epochs_per_stage: int = Field(10, ge=1)
-    # Epochs of stage 0 (null: epochs_per_stage; with model.init from scgpt, null means 0: stage 0
-    # is the pretrained model as it is, and a positive value adapts it on the base-stage cells).
-    base_epochs: int | None = Field(None, ge=0)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    # After warm-up: constant, or a cosine decay to zero over each stage's steps (each stage anneals).
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    # Learning rate of the gene embedding table, as a multiple of lr (its rows learn only from the
-    # batches holding their gene).
-    embedding_lr_scale: float = Field(1.0, gt=0)
-    mask_fraction: float = Field(0.4, gt=0, lt=1)
-    mvc_weight: float = Field(1.0, ge=0)
-    # Positions the MVC head (a gene's value from the <cls> embedding) is scored on: the masked ones
-    # (paper, scGPT) or every gene position, so <cls> must encode the whole cell's profile.
-    mvc_positions: Literal["masked", "all"] = "masked"
-    # How a cell with more than max_seq genes is sampled (gil.data.batches): a fraction of the cells
-    # with weights (uniform | log1p | shifted), the others uniformly.
-    gene_sampling: Literal["uniform", "log1p", "shifted"] = "log1p"
-    weighted_fraction: float = Field(0.5, ge=0, le=1)
-    # auto | cpu | cuda | cuda:<index>. A Ray task or a `compute.devices` worker gets its own device.
-    device: str = "auto"
-    # torch threads of each training process (null: torch's default, all cores). Part of what a CPU
-    # run's exact numbers depend on: threads split float sums, so the rounding changes with them.
-    threads: int | None = Field(None, ge=1)
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="training runs over the one split (initialisation, batch order, gene sampling, masks); "
+        "every metric is a mean ± std over them",
+    )
+    epochs_per_stage: int = Field(10, ge=1, description="epochs of every incremental stage")
+    base_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="epochs of stage 0 (null: epochs_per_stage; with model.init from scgpt, null means 0: "
+        "stage 0 is the pretrained model as it is, and a positive value adapts it on the base-stage cells)",
+    )
+    batch_size: int = Field(32, ge=1, description="cells per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (a fresh optimizer every stage)")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps at the start of every stage")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="after warm-up: constant, or a cosine decay to zero over each stage's steps (each stage "
+        "anneals)",
+    )
+    embedding_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="learning rate of the gene embedding table, as a multiple of lr (its rows learn only "
+        "from "
+        "the batches holding their gene)",
+    )
+    mask_fraction: float = Field(0.4, gt=0, lt=1, description="fraction of a cell's gene positions masked")
+    mvc_weight: float = Field(1.0, ge=0, description="weight of the MVC head's loss next to the MLM head's")
+    mvc_positions: Literal["masked", "all"] = Field(
+        "masked",
+        description="positions the MVC head (a gene's value from the <cls> embedding) is scored on: the "
+        "masked "
+        "ones (paper, scGPT) or every gene position, so <cls> must encode the whole cell's profile",
+    )
+    gene_sampling: Literal["uniform", "log1p", "shifted"] = Field(
+        "log1p",
+        description="how a cell with more than max_seq genes is sampled: a fraction (weighted_fraction) of "
+        "the "
+        "cells with these weights, the others uniformly",
+    )
+    weighted_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="fraction of the cells whose genes are sampled with gene_sampling's weights",
+    )
+    device: str = Field(
+        "auto",
+        description="auto, cpu, cuda or cuda:<index>; a Ray task or a compute.devices worker gets its own "
+        "device",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads of each training process (null: torch's default, all cores); a CPU run's "
+        "exact numbers depend on it: threads split float sums, so the rounding changes with them",
+    )
 
     @field_validator("device")
     @classmethod
@@ -259,24 +339,46 @@ class ComputeConfig(Section):
     DVC does not track it and it is not part of a run's identity.
     """
 
-    # Seeds trained at once, each in its own process with train.threads threads. On a CPU, several
-    # one-thread processes use the cores better than one process whose threads wait on each other.
-    jobs: int = Field(1, ge=1)
-    # local backend: devices the worker processes take in turn (seed i on devices[i % len]), e.g.
-    # [cuda:0, cuda:1] on a machine with two GPUs; null: every process uses train.device.
-    devices: list[str] | None = Field(None, min_length=1)
-    # local: this machine's processes (`jobs`); ray: one Ray task per (strategy, seed), see gil.cluster.
-    backend: Literal["local", "ray"] = "local"
-    # ray backend: `local` (Ray on this machine, 127.0.0.1), `auto` or HOST:PORT of a running cluster.
-    address: str = "local"
-    cpus_per_job: float = Field(1.0, gt=0)
-    gpus_per_job: float = Field(0.0, ge=0)
-    # ray backend: retries of a task whose worker or node died (it resumes from its last finished
-    # stage on the same node, or anywhere when scratch_path is shared by every node).
-    max_retries: int = Field(2, ge=0)
-    # ray backend: where tasks keep their stage checkpoints until the driver has them; null: the
-    # node's temporary directory. Outputs are always written by the driver.
-    scratch_path: str | None = None
+    jobs: int = Field(
+        1,
+        ge=1,
+        description="seeds trained at once, each in its own process with train.threads threads (on a CPU, "
+        "several one-thread processes use the cores better than one process whose threads wait on each "
+        "other)",
+    )
+    devices: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="local backend: devices the worker processes take in turn (seed i on devices[i % len]), "
+        "e.g. [cuda:0, cuda:1]; null: every process uses train.device",
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: this machine's processes (jobs); ray: one Ray task per (strategy, seed)"
+    )
+    address: str = Field(
+        "local",
+        description="ray backend: local (Ray on this machine, 127.0.0.1), auto or HOST:PORT of a running "
+        "cluster",
+    )
+    cpus_per_job: float = Field(1.0, gt=0, description="ray backend: CPUs of each task (fractions allowed)")
+    gpus_per_job: float = Field(
+        0.0,
+        ge=0,
+        description="ray backend: GPUs of each task (0.5: two tasks share a GPU; 0 trains on the CPU)",
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="ray backend: retries of a task whose worker or node died (it resumes from its last "
+        "finished "
+        "stage on the same node, or anywhere when scratch_path is shared by every node)",
+    )
+    scratch_path: str | None = Field(
+        None,
+        description="ray backend: where tasks keep their stage checkpoints until the driver has them (null: "
+        "the "
+        "node's temporary directory); outputs are always written by the driver",
+    )
 
     @field_validator("address")
     @classmethod
@@ -301,28 +403,42 @@ class ComputeConfig(Section):
 class ProbeConfig(Section):
     """Linear and kNN probes on frozen ``<cls>`` embeddings, cross-validated over the task's cells."""
 
-    input: Literal["top_expressed", "sampled"] = "top_expressed"
+    input: Literal["top_expressed", "sampled"] = Field(
+        "top_expressed",
+        description="probe input: each cell's max_seq most expressed known genes, or a sample of its genes",
+    )
     folds: int = Field(5, ge=3, description="cross-validation folds (one tests, the next selects C)")
-    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
-    knn_k: int = Field(10, ge=1)
+    c_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0],
+        min_length=1,
+        description="inverse regularisation strengths C the linear probe chooses from (on validation folds)",
+    )
+    knn_k: int = Field(10, ge=1, description="neighbours of the kNN probe")
 
 
 class EvaluateConfig(Section):
     """Fixed-seed evaluation: the same masks and gene samples for every stage's model."""
 
-    seed: int = 1234
+    seed: int = Field(
+        1234,
+        description="fixes the evaluation masks and gene samples (the same for every stage and strategy)",
+    )
     max_seq: int | None = Field(None, ge=2, description="defaults to model.max_seq")
-    gene_sampling: Literal["uniform", "log1p", "shifted"] = "uniform"
-    repeats: int = Field(2, ge=1)
-    batch_size: int = Field(64, ge=1)
-    probe: ProbeConfig = ProbeConfig()
+    gene_sampling: Literal["uniform", "log1p", "shifted"] = Field(
+        "uniform",
+        description="which gene positions are scored: log1p-weighted scores where expression varies; uniform "
+        "scores mostly a cell's 1-2-count genes",
+    )
+    repeats: int = Field(2, ge=1, description="evaluation passes with different masks, averaged")
+    batch_size: int = Field(64, ge=1, description="cells per evaluation batch (speed, not results)")
+    probe: ProbeConfig = Field(ProbeConfig(), description="the linear and kNN probes")
 
 
 class StrategyEntry(Section):
     """One named strategy run: ``kind`` picks the implementation, the rest are its parameters."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    kind: str
+    kind: str = Field(description="the strategy implementation; its parameters are listed below by kind")
 
     def params(self) -> dict[str, Any]:
         """The strategy parameters (everything but ``kind``)."""
@@ -332,11 +448,19 @@ class StrategyEntry(Section):
 class TrackingConfig(Section):
     """Where runs are recorded; ``uri`` null means ``MLFLOW_TRACKING_URI`` or the local SQLite store."""
 
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str | None = None
-    register_models: bool = True
-    on_unreachable: Literal["fail", "disable"] = "fail"
+    enabled: bool = Field(True, description="false: no MLflow tracking at all")
+    uri: str | None = Field(
+        None,
+        description="tracking server or store (null: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment (null: gil-<dataset.name>)")
+    register_models: bool = Field(
+        True, description="register each stage's model in the MLflow model registry"
+    )
+    on_unreachable: Literal["fail", "disable"] = Field(
+        "fail",
+        description="an unreachable server fails the command at once, or turns tracking off with a warning",
+    )
 
 
 class SettingConfig(Section):
@@ -346,10 +470,14 @@ class SettingConfig(Section):
     so that a typo names its full key (``split.genes.methd``) like any other.
     """
 
-    desc: str = ""
-    dataset: dict[str, Any] = Field(default_factory=dict)
-    prepare: dict[str, Any] = Field(default_factory=dict)
-    split: dict[str, Any] = Field(default_factory=dict)
+    desc: str = Field("", description="what the setting varies (shown in the suite's report)")
+    dataset: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of 'dataset' (not its path: a suite runs on one dataset)"
+    )
+    prepare: dict[str, Any] = Field(default_factory=dict, description="overrides of 'prepare'")
+    split: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of 'split' (mappings merged key by key, lists replaced)"
+    )
 
     @model_validator(mode="after")
     def _one_dataset(self) -> SettingConfig:
@@ -372,19 +500,31 @@ class SuiteConfig(Section):
 class Config(Section):
     """The whole ``params.yaml``."""
 
-    dataset: DatasetConfig
-    prepare: PrepareConfig = PrepareConfig()
-    split: SplitConfig = SplitConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    compute: ComputeConfig = ComputeConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    strategies: dict[str, StrategyEntry] = Field(default_factory=dict)
-    benchmark: list[str] = Field(default_factory=list)
-    tracking: TrackingConfig = TrackingConfig()
-    sweep: dict[str, Any] = Field(default_factory=dict)
-    settings: dict[str, SettingConfig] = Field(default_factory=dict)
-    suite: SuiteConfig = SuiteConfig()
+    dataset: DatasetConfig = Field(description="the raw data")
+    prepare: PrepareConfig = Field(PrepareConfig(), description="quality control and value transformation")
+    split: SplitConfig = Field(SplitConfig(), description="gene sets, cell stages and tasks")
+    model: ModelConfig = Field(ModelConfig(), description="the transformer")
+    train: TrainConfig = Field(TrainConfig(), description="stage-wise training")
+    compute: ComputeConfig = Field(
+        ComputeConfig(), description="processes, devices and machines (results do not depend on it)"
+    )
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="the fixed evaluation and the probes")
+    strategies: dict[str, StrategyEntry] = Field(
+        default_factory=dict, description="named strategy runs: name: {kind: <strategy>, ...its parameters}"
+    )
+    benchmark: list[str] = Field(
+        default_factory=list,
+        description="the entries of 'strategies' the default pipeline trains and reports",
+    )
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
+    sweep: dict[str, Any] = Field(
+        default_factory=dict, description="hyperparameter sweeps (gil sweep), validated when a sweep starts"
+    )
+    settings: dict[str, SettingConfig] = Field(
+        default_factory=dict,
+        description="the suite's settings: name: {desc, dataset/prepare/split overrides}",
+    )
+    suite: SuiteConfig = Field(SuiteConfig(), description="what every setting of the suite trains")
 
     @model_validator(mode="after")
     def _reference_is_not_a_strategy_name(self) -> Config:

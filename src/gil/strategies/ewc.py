@@ -28,7 +28,7 @@ class Ewc(Strategy):
         lam: float = Field(100.0, ge=0, description="strength λ of the penalty")
         gamma: float = Field(1.0, ge=0, le=1, description="decay of the previous Fisher (online EWC)")
         fisher_batches: int = Field(20, ge=1, description="batches used to estimate the Fisher")
-        seed: int = 0
+        seed: int = Field(0, description="seeds the batches the Fisher is estimated on")
 
     def __init__(self, params: Params):
         super().__init__(params)

@@ -33,10 +33,14 @@ class Replay(Strategy):
 
     class Params(Strategy.Params):
         buffer_size: int = Field(200, ge=1, description="cells kept from all earlier stages together")
-        policy: Literal["random", "balanced"] = "balanced"
+        policy: Literal["random", "balanced"] = Field(
+            "balanced",
+            description="balanced: equal slots per stage, and per class of balance_label within a stage; "
+            "random: a uniform sample of every cell seen so far",
+        )
         mix: float = Field(0.25, gt=0, lt=1, description="fraction of each batch drawn from the buffer")
         balance_label: str | None = Field(None, description="cell label to balance within a stage")
-        seed: int = 0
+        seed: int = Field(0, description="seeds the buffer's draws")
         epoch: Literal["matched", "current_cells"] = Field(
             "matched", description="matched: as many steps per epoch as fine-tuning; current_cells: more"
         )

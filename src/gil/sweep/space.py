@@ -119,9 +119,13 @@ class Objective(_Strict):
     pick the one Pareto point whose values are written back to ``params.yaml``.
     """
 
-    kind: Literal["weighted", "pareto"] = "weighted"
-    forgetting_weight: float = Field(1.0, ge=0)
-    final_mse_weight: float = Field(1.0, ge=0)
+    kind: Literal["weighted", "pareto"] = Field(
+        "weighted",
+        description="weighted: minimise the weighted sum; pareto: keep the Pareto set of forgetting and "
+        "plasticity",
+    )
+    forgetting_weight: float = Field(1.0, ge=0, description="weight of forgetting in the score")
+    final_mse_weight: float = Field(1.0, ge=0, description="weight of the final MSE in the score")
 
     @property
     def metrics(self) -> list[str]:
@@ -156,19 +160,36 @@ class Objective(_Strict):
 class SweepConfig(_Strict):
     """The validated ``sweep:`` section (see the module docstring)."""
 
-    seed: int = 0
-    num_samples: int = Field(8, ge=1)
-    max_concurrent: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0)
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_stages: int = Field(2, ge=2)
-    reduction_factor: float = Field(2.0, gt=1)
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float | None = Field(None, ge=0)
-    time_budget_s: float | None = Field(None, gt=0)
-    storage_path: Path = Path("ray_results")
-    objective: Objective = Objective()
-    spaces: dict[str, dict[str, Distribution]] = Field(default_factory=dict)
+    seed: int = Field(0, description="seeds the TPE sampler (not training: trials train with train.seeds[0])")
+    num_samples: int = Field(8, ge=1, description="trials per sweep")
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    max_failures: int = Field(
+        2, ge=0, description="retries of a crashing trial (it resumes from its last stage)"
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha",
+        description="asha: stop bad trials early, on the stage index; fifo: every trial runs every stage",
+    )
+    grace_stages: int = Field(
+        2,
+        ge=2,
+        description="ASHA never stops a trial before this many stages (covers the first incremental one)",
+    )
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA's reduction factor")
+    cpus_per_trial: float = Field(1.0, gt=0, description="Ray CPUs of each trial (fractions allowed)")
+    gpus_per_trial: float | None = Field(
+        None, ge=0, description="Ray GPUs of each trial (null: a share of the cluster's GPUs when it has any)"
+    )
+    time_budget_s: float | None = Field(None, gt=0, description="stop the sweep after this many seconds")
+    storage_path: Path = Field(
+        Path("ray_results"), description="Ray Tune's results; must be shared by every node of a cluster"
+    )
+    objective: Objective = Field(Objective(), description="what a trial is scored by")
+    spaces: dict[str, dict[str, Distribution]] = Field(
+        default_factory=dict,
+        description="per strategy name: dotted key (train.*, model.* or strategies.<name>.*) to a "
+        "distribution (uniform, loguniform, int, logint: [low, high], or choice: [...])",
+    )
 
 
 def _where(loc: tuple[Any, ...]) -> str:
