@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser run ablations test test-fast mutants ui lint bench clean-runs
+.PHONY: install browser run ablations test test-fast mutants ui lint bench clean-runs docs docs-serve
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -60,6 +60,13 @@ ui: install  ## open the MLflow UI on the local store (127.0.0.1)
 
 bench: install  ## training/evaluation throughput benchmark
 	gil bench --preset bench
+
+# The documentation site (mkdocs.yml): strict, so a broken link or a stale reference fails the build.
+docs: install  ## build the documentation site into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install  ## serve the documentation site on http://127.0.0.1:8000 (live reload)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -25,6 +25,7 @@ CORE = [
     "gil.sweep.selection",
     "gil.cluster",
     "gil.tracking.base",
+    "gil.docgen",
 ]
 
 
@@ -81,3 +82,29 @@ def test_the_strategy_registry_does_not_import_the_config() -> None:
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
     assert "gil.strategies.base" in imported and "gil.config" not in imported
+
+
+def test_nothing_in_the_package_imports_the_documentation_generator() -> None:
+    """``gil.docgen`` reads the CLI and the config for the docs build; the code never depends on it."""
+    import ast
+    from pathlib import Path
+
+    import gil
+
+    root = Path(gil.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names += [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            if any(name == "gil.docgen" for name in names):
+                importers.add(str(path.relative_to(root)))
+    assert importers == set()
+    assert "gil.docgen" not in _loaded_modules_after_import(["gil.cli", "gil.config", "gil.strategies"])
+
+
+def _loaded_modules_after_import(modules: list[str]) -> set[str]:
+    code = f"import sys; import {', '.join(modules)}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
