@@ -398,6 +398,20 @@ BUGS = [
         "weight[index] = weight[index]",
         ("test_controls.py",),
     ),
+    Bug(
+        "controls: the erasure draws a row per gene (identities survive)",
+        "controls.py",
+        "fresh = torch.randn(1, table.d_model, generator=generator) * table.init_std",
+        "fresh = torch.randn(len(tokens), table.d_model, generator=generator) * table.init_std",
+        ("test_controls.py",),
+    ),
+    Bug(
+        "controls: the erasure ignores the seed",
+        "controls.py",
+        "manual_seed(derive_seed(seed, 0xE0E0))",
+        "manual_seed(derive_seed(0, 0xE0E0))",
+        ("test_controls.py",),
+    ),
 ]
 
 

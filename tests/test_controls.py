@@ -7,7 +7,7 @@ import pytest
 import torch
 from factories import make_config, make_processed, make_split
 
-from gil.controls import collapse_gene_rows, redraw_gene_rows, run_controls
+from gil.controls import collapse_gene_rows, erase_gene_rows, redraw_gene_rows, run_controls
 from gil.evaluate import evaluate_strategy
 from gil.model import GeneTransformer
 from gil.train.loop import train_strategy
@@ -40,6 +40,23 @@ def test_collapsing_rows_sets_exactly_those_rows_to_their_mean() -> None:
     assert torch.equal(after[others], before[others])
 
 
+def test_erasing_rows_gives_exactly_those_rows_one_fresh_row_at_the_initial_scale() -> None:
+    model = GeneTransformer(n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0)
+    with torch.no_grad():
+        model.gene_embedding.weight.mul_(10.0)  # trained rows, far from the initial scale
+    before = model.gene_embedding.weight.detach().clone()
+    tokens = np.arange(100, 300)
+    after = erase_gene_rows(model, tokens, seed=0).gene_embedding.weight.detach()
+    assert (after[100:300] == after[100]).all()  # one row for all: no gene can be told apart
+    assert not torch.allclose(after[100], before[100:300].mean(dim=0), atol=1e-3)  # not the collapse
+    assert torch.equal(after[:100], before[:100]) and torch.equal(after[300:], before[300:])
+    assert float(after[100].std()) == pytest.approx(model.gene_embedding.init_std, rel=0.3)
+    again = erase_gene_rows(GeneTransformer(400, 1, 64, 2, 32, 0.0), tokens, seed=0).gene_embedding.weight
+    assert torch.equal(again[100:300], after[100:300])  # seeded
+    other = erase_gene_rows(GeneTransformer(400, 1, 64, 2, 32, 0.0), tokens, seed=1).gene_embedding.weight
+    assert not torch.equal(other[100], after[100])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data = make_processed(n_cells=240, n_genes=40, gene_levels=True)
@@ -63,9 +80,12 @@ def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_f
         assert controls["probe"]["kind"]["negative_delta"] == 0.0
         # The intact run's Δ is the evaluation's own Δ of T1 for that seed.
         assert controls["delta_intact"] == pytest.approx([evaluated["per_seed"][seed]["regression"]["delta"]])
-        for name in ("redrawn", "collapsed"):
+        for name in ("redrawn", "collapsed", "erased"):
             assert controls[f"delta_{name}"][0] > 3 * max(controls["delta_intact"][0], 0.01), name
     assert document["delta_negative"] == 0.0
     assert document["delta_redrawn"] > 3 * max(document["delta_intact"], 0.01)
     probe = document["probe"]["kind"]
     assert probe["negative_accuracy"] == probe["intact_accuracy"]
+    # Removing the identities of the task's genes (collapse, erasure) costs the own-genes probe; the
+    # tiny data's seeded values: collapsed −0.135, erased −0.094 (mean of 2 seeds).
+    assert probe["collapsed_delta"] < -0.05 and probe["erased_delta"] < -0.05

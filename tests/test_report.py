@@ -389,7 +389,13 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
         "forgotten_sets": ["T1"],
         **{
             f"delta_{n}": v
-            for n, v in {"intact": 0.2, "redrawn": 1.5, "collapsed": 0.9, "negative": 0.0}.items()
+            for n, v in {
+                "intact": 0.2,
+                "redrawn": 1.5,
+                "collapsed": 0.9,
+                "erased": 1.7,
+                "negative": 0.0,
+            }.items()
         },
         **{
             f"delta_{n}_std": v
@@ -405,6 +411,8 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
                 "collapsed_accuracy": 0.45,
                 "collapsed_delta": -0.15,
                 "collapsed_delta_std": 0.02,
+                "erased_accuracy": 0.42,
+                "erased_delta": -0.18,
                 "negative_accuracy": 0.6,
                 "negative_delta": 0.0,
             }
@@ -426,6 +434,9 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
         "| positive control: rows of T1 collapsed to their mean | 0.900 ± 0.200 | 0.450 | -0.150 ± 0.020 |"
         in table
     )
+    erased = "| positive control: rows of T1 erased (all one fresh random row) | 1.700 | 0.420 | -0.180 |"
+    assert erased in table
+    assert table.index("to their mean") < table.index("erased (all") < table.index("negative control")
     assert "| negative control: the same model twice | 0.000 ± 0.000 | 0.600 | 0.000 |" in table
     paths = []
     for name, metrics in metrics_by_strategy.items():

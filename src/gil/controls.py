@@ -5,13 +5,15 @@ controls start from the final checkpoint of one run (default: fine-tuning), seed
 
 - **positive controls**: the gene embedding rows of every earlier stage set ``T1..T(n-1)`` are
   ``redrawn`` (replaced by freshly initialised rows at the scale new genes start from: the genes'
-  learned identities replaced by new random ones) or ``collapsed`` (all set to their mean: the
-  model can no longer tell those genes apart); everything else intact. Their regression Δ on those
-  sets (against the run's own loss right after each set's stage) and the change of the
-  ``own_genes`` probe (input: the task's own genes) against the intact model say what complete
-  forgetting looks like at this scale. Why both: a retrained probe decodes any consistent code, and
-  redrawn rows are one (random, but fixed per gene), so only the collapse shows whether the probe can
-  see identities that are gone;
+  learned identities replaced by new random ones), ``collapsed`` (all set to their mean: the
+  model can no longer tell those genes apart) or ``erased`` (all replaced by one freshly initialised
+  row: both at once, what the model knew of each gene and which gene it is); everything else intact.
+  Their regression Δ on those sets (against the run's own loss right after each set's stage) and the
+  change of the ``own_genes`` probe (input: the task's own genes) against the intact model say what
+  complete forgetting looks like at this scale. Why three: a retrained probe decodes any consistent
+  code, and redrawn rows are one (random, but fixed per gene), so they hide from the probe; collapsed
+  rows keep the average gene's mapping, which predicts values tolerably, so they hide part of the
+  loss from the regression; erased rows hide from neither;
 - **negative control**: the same intact checkpoint loaded and scored twice, as "before" and "after":
   Δ and probe Δ must be exactly 0 (the evaluation is deterministic: any other value would be noise
   in the measurement itself).
@@ -39,9 +41,9 @@ from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.loop import derive_seed, load_stage_model, run_fingerprint
 
 NOTE = (
-    "positive: the final model with the embedding rows of T1..T(n-1) redrawn (fresh random rows) or "
-    "collapsed to their mean (identities removed); negative: the same final model scored twice (no "
-    "forgetting: exactly 0)"
+    "positive: the final model with the embedding rows of T1..T(n-1) redrawn (fresh random rows), "
+    "collapsed to their mean (identities removed) or erased (all one fresh random row: values and "
+    "identities removed); negative: the same final model scored twice (no forgetting: exactly 0)"
 )
 
 
@@ -65,9 +67,21 @@ def collapse_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) ->
     return model
 
 
+def erase_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
+    """``model`` with the embedding rows of ``tokens`` all replaced by one row drawn as a new gene's
+    row is (in place): neither the genes' learned values nor their identities survive."""
+    table = model.gene_embedding
+    generator = torch.Generator().manual_seed(derive_seed(seed, 0xE0E0))
+    fresh = torch.randn(1, table.d_model, generator=generator) * table.init_std
+    with torch.no_grad():
+        table.weight[torch.as_tensor(tokens, dtype=torch.long)] = fresh.to(table.weight)
+    return model
+
+
 POSITIVE_CONTROLS: dict[str, Callable[[GeneTransformer, np.ndarray, int], GeneTransformer]] = {
     "redrawn": redraw_gene_rows,
     "collapsed": collapse_gene_rows,
+    "erased": erase_gene_rows,
 }
 ROWS = ("intact", *POSITIVE_CONTROLS, "negative")  # the intact run, then every control
 

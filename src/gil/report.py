@@ -331,6 +331,7 @@ CONTROL_ROWS = {  # controls.json's row names, and how the report labels them ({
     "intact": "{strategy}, final model",
     "redrawn": "positive control: rows of {sets} redrawn",
     "collapsed": "positive control: rows of {sets} collapsed to their mean",
+    "erased": "positive control: rows of {sets} erased (all one fresh random row)",
     "negative": "negative control: the same model twice",
 }
 
@@ -359,10 +360,11 @@ def controls_table(controls: Metrics) -> str:
         "Δ: loss after the last stage − loss right after the set's own stage (the negative control: the"
         " same model's two scorings, every set). The positive controls show what complete forgetting looks"
         " like at this scale: redrawn rows give the genes new random identities, collapsed rows remove"
-        " them; the negative control what no forgetting looks like (exactly 0: the evaluation is"
-        " deterministic). Probe Δ: the row's accuracy − the intact final model's, on the same cells. A"
+        " them and keep the average gene, erased rows remove both what the model knew of each gene and"
+        " which gene it is; the negative control what no forgetting looks like (exactly 0: the evaluation"
+        " is deterministic). Probe Δ: the row's accuracy − the intact final model's, on the same cells. A"
         " retrained probe decodes any consistent code, redrawn rows included: only a drop under the"
-        " collapse shows that the probe can see identities that are gone."
+        " collapse or the erasure shows that the probe can see identities that are gone."
     )
     return "\n".join([*lines, "", note]) + "\n"
 

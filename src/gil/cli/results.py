@@ -127,7 +127,7 @@ def controls(
     setting: SettingOption = None,
 ) -> None:
     """Positive and negative controls: does the evaluation see complete forgetting, and exactly none?"""
-    from gil.controls import run_controls
+    from gil.controls import POSITIVE_CONTROLS, run_controls
     from gil.data.layout import ProcessedData, Split
     from gil.files import write_json
 
@@ -142,10 +142,11 @@ def controls(
     )
     out = path_or_default(out, CONTROLS, setting)
     write_json(out, document)
+    positive = " / ".join(f"{document[f'delta_{name}']:.3f}" for name in POSITIVE_CONTROLS)
     typer.echo(
         f"{strategy}: delta {document['delta_intact']:.3f}; positive controls (rows of "
-        f"{', '.join(document['forgotten_sets'])} redrawn / collapsed) {document['delta_redrawn']:.3f} / "
-        f"{document['delta_collapsed']:.3f}; negative control {document['delta_negative']} -> {out}"
+        f"{', '.join(document['forgotten_sets'])} {' / '.join(POSITIVE_CONTROLS)}) {positive}; "
+        f"negative control {document['delta_negative']} -> {out}"
     )
 
 
