@@ -3,7 +3,8 @@
 Why generated: a hand-written reference drifts the day someone adds an option. These functions read
 the objects the program itself uses (the click command behind the Typer app, the pydantic models
 that validate ``params.yaml``, the strategy registry), so a new option or key appears in the
-documentation site without editing a page. ``docs/hooks.py`` calls them while MkDocs builds.
+documentation site without editing a page. MkDocs loads this file as a hook (``mkdocs.yml``) and
+calls :func:`on_page_markdown` on every page while it builds.
 
 Layering: only the documentation build imports this module; the core (data, model, strategies,
 metrics, training) never does (``tests/test_imports.py``).

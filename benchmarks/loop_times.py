@@ -1,0 +1,119 @@
+"""Where the two loops spend their time: `dvc repro` per stage, and the test suite per file.
+
+Run (from the repository root, on a quiet machine: every other busy process skews both):
+
+    .venv/bin/python benchmarks/loop_times.py pipeline [--force] [--json OUT] [TARGET ...]
+    .venv/bin/python benchmarks/loop_times.py tests [--json OUT] [-- PYTEST ARGS ...]
+    .venv/bin/python benchmarks/loop_times.py compare BEFORE.json AFTER.json
+
+``pipeline`` runs ``dvc repro`` (``--force``: every stage, as after a code change) and times each stage
+from the moment DVC announces it to the next announcement (stages DVC skips take ~0 s). ``tests`` runs
+pytest with a JUnit report and sums the test times (setup, call and teardown) per file; fixtures shared
+by a session are charged to the first test that asks for them. Both print a table sorted by time and,
+with ``--json``, write ``{"kind", "total_s", "items": {name: seconds}}`` that ``compare`` puts side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+
+
+def time_pipeline(targets: list[str], force: bool) -> tuple[float, dict[str, float]]:
+    """Wall time of ``dvc repro`` and of each stage it ran, echoing DVC's output as it comes."""
+    command = ["dvc", "repro", *(["--force"] if force else []), *targets]
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    current, since = "(before the first stage)", start
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            match = STAGE_LINE.match(line)
+            if match:
+                now = time.perf_counter()
+                stages[current] = stages.get(current, 0.0) + now - since
+                current, since = match.group(1), now
+    end = time.perf_counter()
+    stages[current] = stages.get(current, 0.0) + end - since
+    if process.returncode:
+        sys.exit(f"dvc repro failed (exit {process.returncode}); times above are partial")
+    return end - start, stages
+
+
+def time_tests(pytest_args: list[str]) -> tuple[float, dict[str, float]]:
+    """Wall time of pytest and the summed time of each test file's tests."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "junit.xml"
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "pytest", f"--junitxml={report}", *pytest_args])
+        wall = time.perf_counter() - start
+        per_file: Counter[str] = Counter()
+        for case in ET.parse(report).iter("testcase"):
+            module = (case.get("classname") or "?").split(".")
+            name = next((part for part in module if part.startswith("test_")), module[-1])
+            per_file[f"{name}.py"] += float(case.get("time") or 0.0)
+    if result.returncode:
+        print(f"pytest exited {result.returncode}: times below include failing tests", file=sys.stderr)
+    return wall, dict(per_file)
+
+
+def table(kind: str, total: float, items: dict[str, float]) -> str:
+    lines = [f"| {kind} | seconds | share |", "|---|---|---|"]
+    for name, seconds in sorted(items.items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {seconds:.1f} | {seconds / total:.0%} |")
+    lines.append(f"| **total (wall)** | **{total:.1f}** | |")
+    return "\n".join(lines)
+
+
+def compare(before: dict, after: dict) -> str:
+    names = sorted(set(before["items"]) | set(after["items"]), key=lambda n: -before["items"].get(n, 0.0))
+    lines = [f"| {before['kind']} | before (s) | after (s) | after / before |", "|---|---|---|---|"]
+    for name in [*names, "total"]:
+        old = before["total_s"] if name == "total" else before["items"].get(name)
+        new = after["total_s"] if name == "total" else after["items"].get(name)
+        ratio = f"{new / old:.2f}" if old and new is not None else "–"
+        cells = [f"{value:.1f}" if value is not None else "–" for value in (old, new)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    pipeline = commands.add_parser("pipeline", help="time `dvc repro` per stage")
+    pipeline.add_argument("targets", nargs="*", help="dvc.yaml files or stages (default: dvc.yaml)")
+    pipeline.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
+    pipeline.add_argument("--json", type=Path, help="write the figures here")
+    tests = commands.add_parser("tests", help="time the test suite per file")
+    tests.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: arguments for pytest")
+    tests.add_argument("--json", type=Path, help="write the figures here")
+    both = commands.add_parser("compare", help="two --json outputs side by side")
+    both.add_argument("before", type=Path)
+    both.add_argument("after", type=Path)
+    args = parser.parse_args()
+
+    if args.command == "compare":
+        print(compare(json.loads(args.before.read_text()), json.loads(args.after.read_text())))
+        return
+    if args.command == "pipeline":
+        kind, (total, items) = "stage", time_pipeline(args.targets, args.force)
+    else:
+        kind, (total, items) = "test file", time_tests([a for a in args.pytest_args if a != "--"])
+    print(table(kind, total, items))
+    if args.json:
+        args.json.write_text(json.dumps({"kind": kind, "total_s": total, "items": items}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
