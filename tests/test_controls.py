@@ -13,11 +13,16 @@ from gil.model import GeneTransformer
 from gil.train.loop import train_strategy
 
 
-def test_redrawing_rows_redraws_exactly_those_rows_at_the_initial_scale() -> None:
+def _trained_like() -> tuple[GeneTransformer, torch.Tensor]:
+    """A model whose gene rows are far from the initial scale (as trained rows are), and a copy of them."""
     model = GeneTransformer(n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0)
     with torch.no_grad():
-        model.gene_embedding.weight.mul_(10.0)  # trained rows, far from the initial scale
-    before = model.gene_embedding.weight.detach().clone()
+        model.gene_embedding.weight.mul_(10.0)
+    return model, model.gene_embedding.weight.detach().clone()
+
+
+def test_redrawing_rows_redraws_exactly_those_rows_at_the_initial_scale() -> None:
+    model, before = _trained_like()
     tokens = np.arange(100, 300)
     redraw_gene_rows(model, tokens, seed=0)
     after = model.gene_embedding.weight.detach()
@@ -41,10 +46,7 @@ def test_collapsing_rows_sets_exactly_those_rows_to_their_mean() -> None:
 
 
 def test_erasing_rows_gives_exactly_those_rows_one_fresh_row_at_the_initial_scale() -> None:
-    model = GeneTransformer(n_tokens=400, n_layers=1, d_model=64, n_heads=2, d_ff=32, dropout=0.0)
-    with torch.no_grad():
-        model.gene_embedding.weight.mul_(10.0)  # trained rows, far from the initial scale
-    before = model.gene_embedding.weight.detach().clone()
+    model, before = _trained_like()
     tokens = np.arange(100, 300)
     after = erase_gene_rows(model, tokens, seed=0).gene_embedding.weight.detach()
     assert (after[100:300] == after[100]).all()  # one row for all: no gene can be told apart

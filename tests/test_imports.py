@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+import gil
 
 CORE = [
     "gil",
@@ -29,82 +35,93 @@ CORE = [
 ]
 
 
-def _loaded_after_import(modules: list[str]) -> set[str]:
+# Each check imports some modules in a fresh interpreter and lists what got loaded. All of them start
+# at once (one module fixture): each spends seconds importing torch, MLflow or Ray, and in parallel the
+# whole file costs about the slowest one.
+CHECKS = {
+    "core": CORE,
+    "tracker": ["gil.tracking.mlflow_tracker"],
+    "sweep": ["gil.sweep.runner"],
+    "cluster": ["gil.cluster.runner"],
+    "cluster_only": ["gil.cluster.runner", "gil.cluster.session"],
+    "cli_and_config": ["gil.cli", "gil.config", "gil.strategies"],
+}
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, set[str]]:
+    """Per check, every module loaded after importing its modules and building the strategy registry."""
     code = (
-        f"import sys; import {', '.join(modules)}; from gil.strategies import registry; registry(); "
-        "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+        "import sys; import {}; from gil.strategies import registry; registry(); "
+        "print(' '.join(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code.format(", ".join(modules))], stdout=subprocess.PIPE, text=True
+        )
+        for name, modules in CHECKS.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, f"importing {CHECKS[name]} failed"
+        results[name] = set(out.split())
+    return results
 
 
-def test_core_imports_neither_mlflow_nor_ray() -> None:
-    loaded = _loaded_after_import(CORE)
-    assert "gil" in loaded
-    assert "mlflow" not in loaded and "ray" not in loaded
+def _top_level(modules: set[str]) -> set[str]:
+    return {module.split(".")[0] for module in modules}
 
 
-def test_only_tracking_and_sweep_modules_import_them() -> None:
-    assert "mlflow" in _loaded_after_import(["gil.tracking.mlflow_tracker"])
-    assert "ray" in _loaded_after_import(["gil.sweep.runner"])
-    assert "ray" in _loaded_after_import(["gil.cluster.runner"])
-    assert "mlflow" not in _loaded_after_import(["gil.cluster.runner", "gil.cluster.session"])
+def _imported_names(path: Path) -> set[str]:
+    """Every module a source file imports, at the top or lazily: ``import a.b`` gives ``a.b``,
+    ``from a import b`` gives ``a`` and ``a.b``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {node.module or ""} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _package_sources() -> dict[Path, set[str]]:
+    """Each module of the ``gil`` package (path relative to it) and the names it imports."""
+    root = Path(gil.__file__).parent
+    return {path.relative_to(root): _imported_names(path) for path in root.rglob("*.py")}
+
+
+def test_core_imports_neither_mlflow_nor_ray(loaded) -> None:
+    top = _top_level(loaded["core"])
+    assert "gil" in top and "torch" in top
+    assert "mlflow" not in top and "ray" not in top
+
+
+def test_only_tracking_and_sweep_modules_import_them(loaded) -> None:
+    assert "mlflow" in _top_level(loaded["tracker"])
+    assert "ray" in _top_level(loaded["sweep"])
+    assert "ray" in _top_level(loaded["cluster"])
+    assert "mlflow" not in _top_level(loaded["cluster_only"])
 
 
 def test_only_the_sweep_and_cluster_packages_import_ray() -> None:
     """Read from the source: no module outside gil/sweep and gil/cluster imports Ray, even lazily."""
-    import ast
-    from pathlib import Path
-
-    import gil
-
-    root = Path(gil.__file__).parent
-    importers = set()
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            if any(name == "ray" or name.startswith("ray.") for name in names):
-                importers.add(path.relative_to(root).parts[0])
+    importers = {
+        path.parts[0]
+        for path, names in _package_sources().items()
+        if any(name == "ray" or name.startswith("ray.") for name in names)
+    }
     assert importers == {"sweep", "cluster"}
 
 
 def test_the_strategy_registry_does_not_import_the_config() -> None:
     """``gil.config`` uses the registry to validate entries; the registry must not import it back."""
-    import ast
-    from pathlib import Path
-
-    import gil.strategies
-
-    tree = ast.parse(Path(gil.strategies.__file__).read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {
-        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    }
+    imported = _package_sources()[Path("strategies/__init__.py")]
     assert "gil.strategies.base" in imported and "gil.config" not in imported
 
 
-def test_nothing_in_the_package_imports_the_documentation_generator() -> None:
+def test_nothing_in_the_package_imports_the_documentation_generator(loaded) -> None:
     """``gil.docgen`` reads the CLI and the config for the docs build; the code never depends on it."""
-    import ast
-    from pathlib import Path
-
-    import gil
-
-    root = Path(gil.__file__).parent
-    importers = set()
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names += [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
-            if any(name == "gil.docgen" for name in names):
-                importers.add(str(path.relative_to(root)))
+    importers = {str(path) for path, names in _package_sources().items() if "gil.docgen" in names}
     assert importers == set()
-    assert "gil.docgen" not in _loaded_modules_after_import(["gil.cli", "gil.config", "gil.strategies"])
-
-
-def _loaded_modules_after_import(modules: list[str]) -> set[str]:
-    code = f"import sys; import {', '.join(modules)}; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    assert "gil.docgen" not in loaded["cli_and_config"]
