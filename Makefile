@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser run ablations test test-fast mutants ui lint bench clean-runs docs docs-serve
+.PHONY: install browser run ablations suite-ablations test test-fast mutants ui lint bench clean-runs docs docs-serve
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,20 @@ ablations: run  ## train and evaluate the ablations (see ABLATIONS), report them
 	gil report metrics/finetune.json metrics/distill.json metrics/distill_query.json \
 	  $(ABLATIONS:%=metrics/%.json) --out reports/ablations.md --plots plots/ablations
 
+# The λ ablation with old-gene queries in every setting of the suite, from each setting's base stage
+# (run the suite first: `dvc repro pipelines/suite/dvc.yaml`); per setting, paired with fine-tuning's
+# seeds in suite/<setting>/reports/ablations.md. Their MLflow runs sit in the suite's experiment, which
+# the suite leaderboard filters to `suite.strategies`.
+SUITE_SETTINGS ?= default reverse three_stage long
+SUITE_ABLATIONS ?= distill_query_lam05 distill_query_lam5 distill_query_lam10
+suite-ablations: install  ## the λ ablation (see SUITE_ABLATIONS) in every setting of the suite
+	for s in $(SUITE_SETTINGS); do \
+	  gil train --setting $$s $(addprefix -s ,$(SUITE_ABLATIONS)) --base suite/$$s/checkpoints/base || exit 1; \
+	  for name in $(SUITE_ABLATIONS); do gil evaluate --setting $$s -s $$name || exit 1; done; \
+	  gil report --setting $$s $(foreach n,finetune distill distill_query $(SUITE_ABLATIONS),suite/$$s/metrics/$(n).json) \
+	    --out suite/$$s/reports/ablations.md --plots suite/$$s/plots/ablations || exit 1; \
+	done
+
 # The MLflow UI is tested in Debian's headless Chromium (tests/test_ui.py); installed when missing.
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
@@ -43,11 +57,16 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that its
+# module fixtures are built once; each worker has its own temp dirs, Ray token, servers and ports.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: install browser  ## run the whole test suite, slow end-to-end tests included
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: install  ## skip the slow end-to-end tests
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 mutants: install  ## mutation testing of evaluation, metrics, strategies, leaderboard, sweep selection (~1 h)
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[mutants]"

@@ -167,7 +167,8 @@ def tiny_pipeline_params(h5ad: Path) -> dict:
         "warmup_steps": 2,
         "device": "cpu",
     }
-    params["evaluate"] = {"seed": 3, "repeats": 1, "batch_size": 32}
+    # One C and 3 folds keep the probes quick (their protocol is pinned in test_probes.py).
+    params["evaluate"] = {"seed": 3, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}}
     return params
 
 

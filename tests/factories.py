@@ -95,7 +95,8 @@ def make_config(**overrides: dict) -> Config:
             "warmup_steps": 2,
             "device": "cpu",
         },
-        "evaluate": {"seed": 7, "repeats": 1, "batch_size": 32},
+        # One C and 3 folds keep the probes quick (their protocol is pinned in test_probes.py).
+        "evaluate": {"seed": 7, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}},
         "strategies": {
             "finetune": {"kind": "finetune"},
             "joint": {"kind": "joint"},

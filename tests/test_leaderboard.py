@@ -333,3 +333,34 @@ def test_no_paired_columns_without_a_finetune_run_with_delta(sqlite_uri: str) ->
     _record_deltas(sqlite_uri, "unpaired", {"replay": {0: 0.1, 1: 0.2}, "ewc": {0: 0.3, 1: 0.2}})
     table = fetch_leaderboard(sqlite_uri, "unpaired", metric="delta")
     assert not any(column.startswith("delta_vs_") for column in table.columns)
+
+
+def test_the_suite_leaderboard_ranks_the_suites_strategies_only(sqlite_uri: str, tmp_path: Path) -> None:
+    """A variant trained in a setting beside the suite's strategies (an ablation) changes no rank."""
+    from gil.settings import SETTING_TAG
+    from gil.tracking.leaderboard import fetch_suite_runs, run_suite_leaderboard
+
+    runs = [("a", "finetune", 0.3), ("a", "replay", 0.1), ("a", "extra", 0.0), ("b", "finetune", 0.4)]
+    runs += [("b", "replay", 0.5), ("b", "extra", 0.0)]
+    with isolated_mlflow():
+        tracker = MlflowTracker(sqlite_uri, "suite-only")
+        for setting, strategy, delta in runs:
+            tracker.begin_run(strategy, 0, {"lr": 0.001}, {SETTING_TAG: setting}, resume=False)
+            tracker.log_summary({"delta": delta}, [])
+            tracker.end_run()
+    assert set(fetch_suite_runs(sqlite_uri, "suite-only")["strategy"]) == {"finetune", "replay", "extra"}
+    suite = fetch_suite_runs(sqlite_uri, "suite-only", ["finetune", "replay"])
+    assert sorted(zip(suite["setting"], suite["strategy"], strict=True)) == [
+        ("a", "finetune"),
+        ("a", "replay"),
+        ("b", "finetune"),
+        ("b", "replay"),
+    ]
+    config = TrackingConfig(uri=sqlite_uri, experiment="suite-only")
+    run_suite_leaderboard(config, "suite-only", "delta", tmp_path, ["finetune", "replay"])
+    board = pd.read_csv(tmp_path / "suite_leaderboard.csv")
+    # Means over settings: finetune 0.35, replay 0.30 ("extra", 0.0, would have ranked first).
+    assert board["strategy"].tolist() == ["replay", "finetune"]
+    assert board["mean"].tolist() == pytest.approx([0.30, 0.35])
+    with pytest.raises(GilError, match="no finished suite runs of ewc"):
+        fetch_suite_runs(sqlite_uri, "suite-only", ["ewc"])

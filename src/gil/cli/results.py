@@ -246,7 +246,8 @@ def leaderboard(
         from gil.tracking.leaderboard import run_suite_leaderboard
 
         experiment = config.suite_experiment_name()
-        typer.echo(run_suite_leaderboard(config.tracking, experiment, metric or "delta", out))
+        strategies = config.suite.strategies or config.benchmark
+        typer.echo(run_suite_leaderboard(config.tracking, experiment, metric or "delta", out, strategies))
         return
     from gil.figures import FORGETTING_CURVES_PNG
     from gil.tracking.leaderboard import run_leaderboard

@@ -27,6 +27,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -412,8 +413,11 @@ def run_leaderboard(
 # The suite: strategies ranked per setting and over settings (gil.suite)
 
 
-def fetch_suite_runs(uri: str, experiment: str) -> pd.DataFrame:
-    """One row per current parent run of the suite: ``setting``, ``strategy``, ``seed``, its metrics."""
+def fetch_suite_runs(uri: str, experiment: str, strategies: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per current parent run of the suite: ``setting``, ``strategy``, ``seed``, its metrics.
+
+    Only runs of ``strategies`` (all when None): the suite ranks its own strategies, and a variant
+    trained in a setting beside them (an ablation) must not change their ranks or Kendall's W."""
     client = MlflowClient(tracking_uri=uri)
     runs = _search_all(client, _experiment_id(client, uri, experiment), _CURRENT_PARENTS)
     rows = [
@@ -424,23 +428,30 @@ def fetch_suite_runs(uri: str, experiment: str) -> pd.DataFrame:
             **run.data.metrics,
         }
         for run in runs
-        if SETTING_TAG in run.data.tags
+        if SETTING_TAG in run.data.tags and (strategies is None or run.data.tags[TAG_STRATEGY] in strategies)
     ]
     if not rows:
+        of = "" if strategies is None else f" of {', '.join(strategies)}"
         raise GilError(
-            f"MLflow experiment {experiment!r} has no finished suite runs (tagged {SETTING_TAG}) yet; "
+            f"MLflow experiment {experiment!r} has no finished suite runs{of} (tagged {SETTING_TAG}) yet; "
             "run `dvc repro pipelines/suite/dvc.yaml` first"
         )
     return pd.DataFrame(rows)
 
 
-def run_suite_leaderboard(config: TrackingConfig, experiment: str, metric: str, out_dir: Path) -> str:
-    """Rank the suite's strategies by ``metric`` per setting and overall from MLflow; write
-    ``suite_leaderboard.md`` and ``suite_leaderboard.csv`` (the overall ranking) to ``out_dir``, log
-    them on the suite experiment's ``leaderboard`` run; return the Markdown."""
+def run_suite_leaderboard(
+    config: TrackingConfig,
+    experiment: str,
+    metric: str,
+    out_dir: Path,
+    strategies: Collection[str] | None = None,
+) -> str:
+    """Rank the suite's ``strategies`` (all when None) by ``metric`` per setting and overall from
+    MLflow; write ``suite_leaderboard.md`` and ``suite_leaderboard.csv`` (the overall ranking) to
+    ``out_dir``, log them on the suite experiment's ``leaderboard`` run; return the Markdown."""
     uri = resolve_tracking_uri(config)
     check_reachable(uri)
-    per_seed = fetch_suite_runs(uri, experiment)
+    per_seed = fetch_suite_runs(uri, experiment, strategies)
     if metric not in per_seed.columns:
         available = ", ".join(sorted(set(per_seed.columns) - {"setting", "strategy", "seed"}))
         raise GilError(f"no suite run of {experiment!r} has metric {metric!r}; available: {available}")
