@@ -47,14 +47,20 @@ NOTE = (
 )
 
 
-def redraw_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
-    """``model`` with the embedding rows of ``tokens`` redrawn as a new gene's rows are (in place)."""
+def _fresh_rows(model: GeneTransformer, tokens: np.ndarray, n_rows: int, stream: int) -> GeneTransformer:
+    """``model`` with the rows of ``tokens`` set to ``n_rows`` rows drawn as a new gene's rows are
+    (1: one row for all; ``len(tokens)``: one each), from the seeded random ``stream`` (in place)."""
     table = model.gene_embedding
-    generator = torch.Generator().manual_seed(derive_seed(seed, 0xF0F0))
-    fresh = torch.randn(len(tokens), table.d_model, generator=generator) * table.init_std
+    generator = torch.Generator().manual_seed(stream)
+    fresh = torch.randn(n_rows, table.d_model, generator=generator) * table.init_std
     with torch.no_grad():
         table.weight[torch.as_tensor(tokens, dtype=torch.long)] = fresh.to(table.weight)
     return model
+
+
+def redraw_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
+    """``model`` with the embedding rows of ``tokens`` redrawn as a new gene's rows are (in place)."""
+    return _fresh_rows(model, tokens, len(tokens), derive_seed(seed, 0xF0F0))
 
 
 def collapse_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
@@ -70,12 +76,7 @@ def collapse_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) ->
 def erase_gene_rows(model: GeneTransformer, tokens: np.ndarray, seed: int) -> GeneTransformer:
     """``model`` with the embedding rows of ``tokens`` all replaced by one row drawn as a new gene's
     row is (in place): neither the genes' learned values nor their identities survive."""
-    table = model.gene_embedding
-    generator = torch.Generator().manual_seed(derive_seed(seed, 0xE0E0))
-    fresh = torch.randn(1, table.d_model, generator=generator) * table.init_std
-    with torch.no_grad():
-        table.weight[torch.as_tensor(tokens, dtype=torch.long)] = fresh.to(table.weight)
-    return model
+    return _fresh_rows(model, tokens, 1, derive_seed(seed, 0xE0E0))
 
 
 POSITIVE_CONTROLS: dict[str, Callable[[GeneTransformer, np.ndarray, int], GeneTransformer]] = {
