@@ -406,6 +406,27 @@ BUGS = [
         ("test_controls.py",),
     ),
     Bug(
+        "evaluate: every worker scores seed 0",
+        "evaluate.py",
+        "return evaluator.evaluate_seed(job.seed, reference)",
+        "return evaluator.evaluate_seed(0, reference)",
+        ("test_controls.py",),
+    ),
+    Bug(
+        "evaluate: seeds scored in this process whatever compute.jobs is",
+        "evaluate.py",
+        "config.compute.jobs == 1 or",
+        "config.compute.jobs >= 1 or",
+        ("test_controls.py",),
+    ),
+    Bug(
+        "controls: every seed gets the first seed's worker result",
+        "controls.py",
+        "per_seed = {str(seed): done[seed] for seed in config.train.seeds}",
+        "per_seed = {str(seed): done[config.train.seeds[0]] for seed in config.train.seeds}",
+        ("test_controls.py",),
+    ),
+    Bug(
         "leaderboard: the suite ranks every strategy of its experiment, ablations included",
         "tracking/leaderboard.py",
         "(strategies is None or run.data.tags[TAG_STRATEGY] in strategies)",

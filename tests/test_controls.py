@@ -8,9 +8,10 @@ import torch
 from factories import make_config, make_processed, make_split
 
 from gil.controls import collapse_gene_rows, erase_gene_rows, redraw_gene_rows, run_controls
-from gil.evaluate import evaluate_strategy
+from gil.evaluate import evaluate_strategy, seed_runner
 from gil.model import GeneTransformer
 from gil.train.loop import train_strategy
+from gil.train.parallel import run_seeds_in_processes
 
 
 def _trained_like() -> tuple[GeneTransformer, torch.Tensor]:
@@ -91,3 +92,17 @@ def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_f
     # Removing the identities of the task's genes (collapse, erasure) costs the own-genes probe; the
     # tiny data's seeded values: collapsed −0.135, erased −0.094 (mean of 2 seeds).
     assert probe["collapsed_delta"] < -0.05 and probe["erased_delta"] < -0.05
+
+
+def test_seeds_scored_in_worker_processes_give_the_documents_of_one_process(trained) -> None:
+    """With ``compute.jobs`` > 1 the seeds are scored in worker processes forked from a fork server
+    (``gil.train.workers``); every number is the one scored here, to the bit."""
+    config, data, split, out = trained
+    workers = config.model_copy(update={"compute": config.compute.model_copy(update={"jobs": 2})})
+    assert seed_runner(config, None) is None and seed_runner(workers, None) is run_seeds_in_processes
+    assert evaluate_strategy(workers, "finetune", data, split, out) == evaluate_strategy(
+        config, "finetune", data, split, out
+    )
+    assert run_controls(workers, "finetune", data, split, out) == run_controls(
+        config, "finetune", data, split, out
+    )

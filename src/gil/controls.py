@@ -32,13 +32,14 @@ import torch
 
 from gil.config import Config
 from gil.data.layout import ProcessedData, Split, Task
-from gil.evaluate import Evaluator
+from gil.evaluate import Evaluator, seed_runner
 from gil.files import finite_or_none
 from gil.metrics import mean_std
 from gil.metrics.probes import paired_delta
 from gil.model import GeneTransformer
 from gil.train.checkpoint import load_checkpoint, stage_path
-from gil.train.loop import derive_seed, load_stage_model, run_fingerprint
+from gil.train.loop import derive_seed, load_stage_model, run_fingerprint, use_threads
+from gil.train.parallel import SeedJob, seed_jobs
 
 NOTE = (
     "positive: the final model with the embedding rows of T1..T(n-1) redrawn (fresh random rows), "
@@ -171,7 +172,17 @@ def run_controls(
     """The controls document of ``strategy``'s checkpoints over every seed (see the module docstring)."""
     controls = Controls(config, strategy, data, split, checkpoints)
     controls.evaluator.check_checkpoints()
-    per_seed = {str(seed): controls.seed(seed) for seed in config.train.seeds}
+    runner = seed_runner(config, None)
+    if runner is None:
+        per_seed = {str(seed): controls.seed(seed) for seed in config.train.seeds}
+    else:
+        jobs = seed_jobs(
+            config, config.train.seeds, data, strategy_name=strategy, split=split, checkpoints=checkpoints
+        )
+        done = {
+            job.seed: result for job, result in runner(_controls_job, jobs, f"controls {strategy}", False)
+        }
+        per_seed = {str(seed): done[seed] for seed in config.train.seeds}
     return finite_or_none(
         {
             "strategy": strategy,
@@ -182,3 +193,11 @@ def run_controls(
             "per_seed": per_seed,
         }
     )
+
+
+def _controls_job(job: SeedJob) -> dict[str, Any]:
+    """Worker entry point: every control of one seed, on ``train.threads`` threads."""
+    use_threads(job.config)
+    assert job.strategy_name is not None  # controls are of a strategy's run
+    controls = Controls(job.worker_config(), job.strategy_name, job.load_data(), job.split, job.checkpoints)
+    return controls.seed(job.seed)

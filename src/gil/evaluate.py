@@ -35,8 +35,8 @@ from gil.scoring import EvaluationInputs
 from gil.tracking.base import NullTracker, Tracker
 from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.devices import on_device
-from gil.train.loop import load_stage_model, record_of, run_fingerprint
-from gil.train.parallel import Runner, SeedJob, seed_jobs
+from gil.train.loop import load_stage_model, record_of, run_fingerprint, use_threads
+from gil.train.parallel import Runner, SeedJob, run_seeds_in_processes, seed_jobs
 
 HEADLINE = (
     "pooled masked-value MSE of the MLM head over all masked positions of each gene set "
@@ -367,12 +367,11 @@ def evaluate_strategy(
 
     Each seed's results go to the tracker on the parent run that training opened (reopened here),
     once the seed is evaluated, so an evaluation that fails leaves the run as it was. Seeds are
-    evaluated in this process even when ``compute.jobs`` > 1: a seed takes a few seconds here, less
-    than starting a worker process (measured: 23.5 s sequential vs 33.4 s with three workers).
-    With a ``runner`` (Ray tasks on a cluster) each seed is a job; this process still does all
-    the recording, seed by seed as they arrive.
+    scored by :func:`seed_runner`'s runner; this process does all the recording, seed by seed as
+    they arrive.
     """
     tracker = tracker or NullTracker()
+    runner = seed_runner(config, runner)
     here = on_device(config, "cpu") if runner is not None else config  # else the workers score
     evaluator = Evaluator(here, strategy, data, split, checkpoints)
     evaluator.check_checkpoints()
@@ -407,7 +406,23 @@ def evaluate_strategy(
     return finite_or_none(document)
 
 
+def seed_runner(config: Config, runner: Runner | None) -> Runner | None:
+    """Who scores the seeds: ``runner`` when given (Ray tasks), else ``compute.jobs`` worker
+    processes when there are several seeds, else None (this process, one seed after another).
+
+    Why workers: a seed's scoring is mostly one-thread work (the probes' logistic regressions, the
+    small model's forward passes), so on 2 cores three one-thread workers score the three seeds of
+    the default pipeline in ~60 % of the sequential time, worker start included (``make run``'s
+    evaluations, benchmarks/README.md). The numbers do not change: the forward passes give the same
+    bits on one thread as on two (``tests/test_evaluate.py`` compares the documents).
+    """
+    if runner is not None or config.compute.jobs == 1 or len(config.train.seeds) == 1:
+        return runner
+    return run_seeds_in_processes
+
+
 def _evaluate_job(job: SeedJob, reference: dict[str, Any]) -> SeedEvaluation:
-    """Worker entry point: score one seed's checkpoints (no tracker)."""
+    """Worker entry point: score one seed's checkpoints (no tracker) on ``train.threads`` threads."""
+    use_threads(job.config)
     evaluator = Evaluator(job.worker_config(), job.strategy_name, job.load_data(), job.split, job.checkpoints)
     return evaluator.evaluate_seed(job.seed, reference)

@@ -121,6 +121,15 @@ def runner_of(config):  # noqa: ANN001, ANN202 - Config -> Iterator[Runner | Non
             )
 
 
+def start_workers_early(config, module: str) -> None:  # noqa: ANN001 - Config
+    """Start the fork server of this command's seed workers (importing ``module``) before the
+    command's own imports, when it will run local workers (see :mod:`gil.train.workers`)."""
+    if config.compute.backend == "local" and config.compute.jobs > 1 and len(config.train.seeds) > 1:
+        from gil.train.workers import start_worker_server
+
+        start_worker_server(module)
+
+
 def tracker_of(config):  # noqa: ANN001, ANN202 - Config -> Tracker
     """The configured tracker, checked for reachability before any work (imports MLflow lazily)."""
     if not config.tracking.enabled:

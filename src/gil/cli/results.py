@@ -28,6 +28,7 @@ from gil.cli.common import (
     path_or_default,
     require_strategy,
     runner_of,
+    start_workers_early,
     tracker_of,
     with_compute,
 )
@@ -81,10 +82,11 @@ def evaluate(
     setting: SettingOption = None,
 ) -> None:
     """Score every stage's checkpoint: results matrix R, continual-learning metrics, probes."""
+    config = with_compute(config_of(params, setting), backend=backend, address=address)
+    start_workers_early(config, "gil.evaluate")
     from gil.evaluate import evaluate_strategy
     from gil.files import read_json, write_json
 
-    config = with_compute(config_of(params, setting), backend=backend, address=address)
     require_strategy(config, strategy)
     reference_file = path_or_default(reference_file, REFERENCE, setting)
     # Absent (a run outside the pipeline): evaluate_strategy computes the same points itself.
@@ -127,11 +129,12 @@ def controls(
     setting: SettingOption = None,
 ) -> None:
     """Positive and negative controls: does the evaluation see complete forgetting, and exactly none?"""
+    config = config_of(params, setting)
+    start_workers_early(config, "gil.controls")
     from gil.controls import POSITIVE_CONTROLS, run_controls
     from gil.data.layout import ProcessedData, Split
     from gil.files import write_json
 
-    config = config_of(params, setting)
     require_strategy(config, strategy)
     data = ProcessedData.load(path_or_default(processed, PROCESSED, setting))
     split = Split.load(path_or_default(split_dir, SPLIT, setting))

@@ -27,6 +27,7 @@ from gil.cli.common import (
     path_or_default,
     require_strategy,
     runner_of,
+    start_workers_early,
     tracker_of,
     with_compute,
 )
@@ -66,9 +67,10 @@ def train(
     setting: SettingOption = None,
 ) -> None:
     """Train stages 0..n of one strategy or several, for every seed (resumes automatically)."""
+    config = with_compute(config_of(params, setting), jobs=jobs, backend=backend, address=address)
+    start_workers_early(config, "gil.train.loop")
     from gil.train.loop import train_strategies
 
-    config = with_compute(config_of(params, setting), jobs=jobs, backend=backend, address=address)
     for name in strategy:
         require_strategy(config, name)
     if out is not None and len(strategy) > 1:
@@ -122,10 +124,11 @@ def train_base_command(
 
     With model.init from scgpt, stage 0 is the pretrained model (adapted for train.base_epochs, default 0).
     """
+    config = with_compute(config_of(params, setting), jobs=jobs, backend=backend, address=address)
+    start_workers_early(config, "gil.train.loop")
     from gil.data.layout import ProcessedData, Split
     from gil.train.loop import train_base
 
-    config = with_compute(config_of(params, setting), jobs=jobs, backend=backend, address=address)
     data = ProcessedData.load(path_or_default(processed, PROCESSED, setting))
     split = Split.load(path_or_default(split_dir, SPLIT, setting))
     out = path_or_default(out, "checkpoints/base", setting)

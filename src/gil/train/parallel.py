@@ -17,10 +17,10 @@ raises the first failure: :func:`run_seeds_in_processes` here, or Ray tasks on a
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from gil.config import Config
 from gil.data.layout import ProcessedData, Split
 from gil.train.checkpoint import completed_stages, stage_path
 from gil.train.devices import on_device, spread_devices
+from gil.train.workers import worker_context
 
 # Where a job's files go when they are shipped to another machine (see SeedJob.inputs).
 SHIPPED_RUN, SHIPPED_BASE = "run", "base"
@@ -105,7 +106,9 @@ def run_seeds_in_processes(
     as jobs finish. The first error is raised once the other jobs have finished and been yielded,
     so no finished work is lost.
 
-    Spawned, not forked: a fork of a process whose OpenMP pool is running can deadlock.
+    Workers are forked from a server process that imported ``work``'s module
+    (:mod:`gil.train.workers`), never from this one: a fork of a process whose OpenMP pool is
+    running can deadlock.
     """
     processes = min(jobs[0].config.compute.jobs, len(jobs))
     bar = tqdm(
@@ -115,7 +118,8 @@ def run_seeds_in_processes(
         disable=None if progress else True,
     )
     failure: BaseException | None = None
-    context = multiprocessing.get_context("spawn")
+    target = work.func if isinstance(work, partial) else work
+    context = worker_context(target.__module__)
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures: dict[Future, SeedJob] = {pool.submit(work, job): job for job in jobs}
         for future in as_completed(futures):
