@@ -12,7 +12,11 @@ Standard library only, so that a command can start the server before its own hea
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.context import BaseContext
+
+# The process whose fork server this module uses (None: none started yet).
+_server_owner: int | None = None
 
 
 def worker_context(module: str) -> BaseContext:
@@ -20,8 +24,16 @@ def worker_context(module: str) -> BaseContext:
 
     The module only takes effect when this call starts the server: a running one keeps what it
     imported, and a worker imports anything else it needs itself.
+
+    A fork of a process whose server runs (mutmut forks each mutant's test process from one that
+    ran the tests once) spawns its workers: multiprocessing would reuse the parent's server, whose
+    workers carry the parent's environment (not the mutant's), and on Python 3.11 its liveness
+    check fails there with ``ChildProcessError``.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    global _server_owner
+    if _server_owner is None:
+        _server_owner = os.getpid()
+    if "forkserver" not in multiprocessing.get_all_start_methods() or _server_owner != os.getpid():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([module])
