@@ -102,7 +102,7 @@ Runner = Callable[[Work, list[SeedJob], str, bool], Iterator[tuple[SeedJob, Any]
 def run_seeds_in_processes(
     work: Work, jobs: list[SeedJob], label: str, progress: bool
 ) -> Iterator[tuple[SeedJob, Any]]:
-    """Run ``work(job)`` for every job in ``compute.jobs`` spawned processes; yield ``(job, result)``
+    """Run ``work(job)`` for every job in ``compute.jobs`` worker processes; yield ``(job, result)``
     as jobs finish. The first error is raised once the other jobs have finished and been yielded,
     so no finished work is lost.
 
