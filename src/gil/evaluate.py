@@ -414,7 +414,7 @@ def seed_runner(config: Config, runner: Runner | None) -> Runner | None:
     small model's forward passes), so on 2 cores three one-thread workers score the three seeds of
     the default pipeline in ~60 % of the sequential time, worker start included (``make run``'s
     evaluations, benchmarks/README.md). The numbers do not change: the forward passes give the same
-    bits on one thread as on two (``tests/test_evaluate.py`` compares the documents).
+    bits on one thread as on two (``tests/test_controls.py`` compares the documents).
     """
     if runner is not None or config.compute.jobs == 1 or len(config.train.seeds) == 1:
         return runner
