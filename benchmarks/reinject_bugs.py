@@ -429,7 +429,7 @@ BUGS = [
     Bug(
         "workers: a forked process reuses its parent's fork server",
         "train/workers.py",
-        'get_all_start_methods() or _server_owner != os.getpid():',
+        "get_all_start_methods() or _server_owner != os.getpid():",
         "get_all_start_methods():",
         ("test_workers.py",),
     ),
