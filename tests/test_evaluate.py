@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from factories import make_config, make_processed, make_split
 
 from gil.data.batches import BatchBuilder
-from gil.data.layout import EVAL_STAGE
+from gil.data.layout import EVAL_STAGE, VALIDATION_STAGE
 from gil.data.vocab import Vocabulary
 from gil.evaluate import PROBE_KEYS, evaluate_strategy
 from gil.metrics.regression import regression_row
@@ -302,3 +303,29 @@ def test_the_own_genes_probe_reads_the_tasks_genes_and_nothing_else(trained) -> 
     assert np.array_equal(scores["same"][0], scores["altered"][0])
     np.testing.assert_array_equal(scores["same"][1], scores["altered"][1])
     assert not np.allclose(scores["same"][2], scores["altered"][2])
+
+
+def _scaled(data, rows: np.ndarray):  # noqa: ANN001, ANN202
+    """``data`` with the values of ``rows`` tripled (an in-memory copy)."""
+    values = np.array(data.values)
+    for row in rows:
+        values[data.indptr[row] : data.indptr[row + 1]] *= 3.0
+    return dataclasses.replace(data, values=values, source=None)
+
+
+def test_the_evaluation_never_reads_validation_cells(trained, tmp_path: Path) -> None:
+    """What reports must not depend on the cells that select: tripling the validation cells'
+    values leaves the whole document unchanged; tripling the test cells' (the positive control
+    that the perturbation is visible) changes it."""
+    config, data, split, _ = trained
+    config = config.model_copy(update={"train": config.train.model_copy(update={"seeds": [0]})})
+    stages = split.cell_stages.copy()
+    validation = np.flatnonzero(stages == 2)[:12]
+    stages[validation] = VALIDATION_STAGE
+    held_out = dataclasses.replace(split, cell_stages=stages)
+    train_strategy(config, "finetune", data, held_out, tmp_path, progress=False)
+    baseline = evaluate_strategy(config, "finetune", data, held_out, tmp_path)
+    assert baseline["scored_on"] == {"cells": "test", "n_cells": int((stages == EVAL_STAGE).sum())}
+    assert evaluate_strategy(config, "finetune", _scaled(data, validation), held_out, tmp_path) == baseline
+    test_cells = held_out.cells_of_stage(EVAL_STAGE)
+    assert evaluate_strategy(config, "finetune", _scaled(data, test_cells), held_out, tmp_path) != baseline

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gil.config import config_from_dict
-from gil.data.layout import EVAL_STAGE, ProcessedData, Split
+from gil.data.layout import EVAL_STAGE, VALIDATION_STAGE, ProcessedData, Split
 from gil.data.split import assign_by_rank, run_split, stratified_parts
 from gil.errors import GilError
 
@@ -35,7 +35,7 @@ def _assert_partitions(split: Split, data: ProcessedData) -> None:
         assert genes and [order[g] for g in genes] == sorted(order[g] for g in genes)
     assert split.set_names == ["B"] + [f"T{k}" for k in range(1, split.n_stages + 1)]
     assert split.cell_stages.dtype == np.int16 and len(split.cell_stages) == data.n_cells
-    assert set(np.unique(split.cell_stages)) == set(range(EVAL_STAGE, split.n_stages + 1))
+    assert set(np.unique(split.cell_stages)) == set(range(VALIDATION_STAGE, split.n_stages + 1))
     for task in split.tasks:
         probe = task.cells
         assert len(set(probe.tolist())) == len(probe)
@@ -50,15 +50,46 @@ def test_random_split(tiny_params: dict, tiny_processed: Path, tiny_split: Path)
     _assert_partitions(split, data)
     assert split.method == "random"
     assert [len(genes) for _, genes in split.gene_sets] == [48, 6, 6]  # round(0.1 * 60) per stage
-    counts = {k: int((split.cell_stages == k).sum()) for k in (-1, 0, 1, 2)}
-    assert 80 <= counts[-1] <= 100  # 30% held out, rounded within each stratum
-    assert abs(counts[0] - (300 - counts[-1]) / 2) <= 1 and abs(counts[1] - counts[2]) <= 1
+    counts = {k: int((split.cell_stages == k).sum()) for k in (-1, -2, 0, 1, 2)}
+    assert 80 <= counts[-1] <= 100  # 30% test cells, rounded within each stratum
+    assert 20 <= counts[-2] <= 40  # 10% validation cells
+    assert abs(counts[0] - (300 - counts[-1] - counts[-2]) / 2) <= 1 and abs(counts[1] - counts[2]) <= 1
     assert [task.learned_at for task in split.tasks] == [0, 0]
     summary = split.summary
     assert summary["gene_sets"] == {"B": 48, "T1": 6, "T2": 6}
-    assert summary["cell_stages"] == {("eval" if k == -1 else str(k)): n for k, n in counts.items()}
+    names = {-1: "eval", -2: "validation"}
+    assert summary["cell_stages"] == {names.get(k, str(k)): n for k, n in counts.items()}
     assert all(summary["checks"].values()) and summary["seed"] == 0
     assert "B 48, T1 6, T2 6" in (tiny_split / "summary.txt").read_text()
+
+
+def test_validation_cells_come_out_of_the_training_cells_and_leave_the_test_cells_alone(
+    tiny_params: dict, tiny_processed: Path, tmp_path: Path
+) -> None:
+    """Adding validation cells must not move a test cell (reported numbers keep their cells), must
+    draw them stratified like the test cells, and ``validation_fraction`` 0 must give no such cells."""
+    data = ProcessedData.load(tiny_processed)
+    splits = {}
+    for fraction in (0.0, 0.1, 0.2):
+        tiny_params["split"]["validation_fraction"] = fraction
+        splits[fraction] = _split(tiny_params, tiny_processed, tmp_path / str(fraction)).cell_stages
+    assert not (splits[0.0] == VALIDATION_STAGE).any()
+    for fraction in (0.1, 0.2):
+        stages = splits[fraction]
+        assert ((stages == EVAL_STAGE) == (splits[0.0] == EVAL_STAGE)).all()
+        validation = stages == VALIDATION_STAGE
+        assert (splits[0.0][validation] >= 0).all()  # taken from what were training cells
+        types = data.cells["cell_type"].to_numpy()
+        for cell_type in np.unique(types):  # stratified: each type's share is the fraction, rounded
+            members = types == cell_type
+            assert abs(validation[members].sum() - fraction * members.sum()) <= 1
+    assert (splits[0.2] == VALIDATION_STAGE).sum() > (splits[0.1] == VALIDATION_STAGE).sum()
+
+
+def test_validation_and_test_fractions_must_leave_training_cells(tiny_params: dict) -> None:
+    tiny_params["split"].update(eval_fraction=0.6, validation_fraction=0.4)
+    with pytest.raises(GilError, match=r"split: .*leave no training cells; keep their sum below 1"):
+        config_from_dict(tiny_params)
 
 
 def test_probe_tasks_hold_every_labelled_held_out_cell_of_their_group(

@@ -422,6 +422,70 @@ def _kill_a_trial_after_stage_one(storage: Path) -> tuple[threading.Thread, list
     return thread, killed
 
 
+def _with_tripled_values(processed: Path, rows: object, out: Path) -> Path:
+    """A copy of ``processed`` whose ``rows`` have their values tripled."""
+    import dataclasses
+
+    import numpy as np
+
+    from gil.data.layout import ProcessedData
+
+    data = ProcessedData.load(processed, mmap=False)
+    values = np.array(data.values)
+    for row in rows:
+        values[data.indptr[row] : data.indptr[row + 1]] *= 3.0
+    dataclasses.replace(data, values=values).write(out)
+    return out
+
+
+@pytest.mark.slow
+def test_trials_select_on_validation_cells_and_never_read_test_cells(
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path
+) -> None:
+    """The leak test: with the test cells' values tripled, every trial's sampled values, scores and
+    the chosen trial are bit-identical; with the validation cells' values tripled the scores move
+    (the positive control: the trials do read what they select on). Trials start from a shared
+    base stage here, which also checks that a sampled ``train.lr`` leaves the base import valid."""
+    from gil.data.layout import EVAL_STAGE, VALIDATION_STAGE, ProcessedData, Split
+    from gil.train.loop import train_base
+
+    config = _config(tiny_params, tmp_path, tracking=False, num_samples=1, scheduler="fifo")
+    split = Split.load(dirs[1])
+    base = tmp_path / "base"
+    train_base(config, ProcessedData.load(dirs[0]), split, base, progress=False)
+
+    def outcome(processed: Path, name: str) -> tuple[list, dict]:
+        summary = _sweep(config, (processed, dirs[1]), tmp_path / name, base_dir=base)
+        assert summary["n_complete"] == 1 and summary["scored_on"] == "validation"
+        scores = [
+            (t["params"], {k: v for k, v in t["metrics"].items() if not k.startswith(("train_", "time_"))})
+            for t in summary["trials"]
+        ]
+        return scores, summary["best"]["params"]
+
+    original = outcome(dirs[0], "original")
+    test_cells = split.cells_of_stage(EVAL_STAGE)
+    assert outcome(_with_tripled_values(dirs[0], test_cells, tmp_path / "test_x3"), "test_x3") == original
+    validation = split.cells_of_stage(VALIDATION_STAGE)
+    changed = outcome(_with_tripled_values(dirs[0], validation, tmp_path / "val_x3"), "val_x3")
+    assert [params for params, _ in changed[0]] == [params for params, _ in original[0]]  # same draws
+    assert [scores for _, scores in changed[0]] != [scores for _, scores in original[0]]
+
+
+def test_a_sweep_without_validation_cells_fails_before_ray_starts(
+    tiny_params: dict, tiny_processed: Path, tmp_path: Path
+) -> None:
+    from gil.data.split import run_split
+    from gil.sweep.runner import run_sweep
+
+    tiny_params["split"]["validation_fraction"] = 0.0
+    run_split(config_from_dict(tiny_params), tiny_processed, tmp_path / "split")
+    config = _config(tiny_params, tmp_path)
+    with pytest.raises(GilError, match=r"the split has no validation cells; set split.validation_fraction"):
+        run_sweep(config, "replay", tiny_processed, tmp_path / "split", storage_path=tmp_path / "ray")
+    assert not (tmp_path / "ray").exists()
+
+
 @pytest.mark.slow
 def test_sweep_tracks_every_trial_and_retries_a_crashing_one(
     local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path

@@ -114,7 +114,15 @@ class SplitConfig(Section):
     seed: int = Field(
         0, description="fixes the gene sets, the held-out cells, each cell's stage and the tasks' cells"
     )
-    eval_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of cells held out for evaluation")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="fraction of cells held out as test cells: what the benchmark reports on"
+    )
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="fraction of cells held out as validation cells: what sweeps select on (never reported)",
+    )
     base_fraction: float = Field(
         0.5,
         gt=0,
@@ -126,6 +134,15 @@ class SplitConfig(Section):
         default_factory=list,
         description="downstream tasks: task k defines the genes of stage k (importance) and a probe",
     )
+
+    @model_validator(mode="after")
+    def _some_cells_left_to_train(self) -> SplitConfig:
+        if self.eval_fraction + self.validation_fraction >= 1:
+            raise ValueError(
+                f"eval_fraction {self.eval_fraction} + validation_fraction {self.validation_fraction} "
+                "leave no training cells; keep their sum below 1"
+            )
+        return self
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -439,10 +456,31 @@ class StrategyEntry(Section):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     kind: str = Field(description="the strategy implementation; its parameters are listed below by kind")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of 'train' for this strategy's runs (stages 1..n when the base stage is "
+        "shared), e.g. a tuned learning rate",
+    )
 
     def params(self) -> dict[str, Any]:
         """The strategy parameters (everything but ``kind``)."""
         return dict(self.model_extra or {})
+
+
+TUNED_SUFFIX = "@tuned"
+
+
+class TunedConfig(Section):
+    """Where the tuned strategies are read from, and which of them the benchmark reports."""
+
+    path: Path | None = Field(
+        None,
+        description="the tuned params file (written by `gil tune`): its NAME@tuned entries join 'strategies'",
+    )
+    rows: list[str] = Field(
+        default_factory=list,
+        description="strategies whose NAME@tuned row the default pipeline trains and reports beside NAME",
+    )
 
 
 class TrackingConfig(Section):
@@ -516,6 +554,7 @@ class Config(Section):
         default_factory=list,
         description="the entries of 'strategies' the default pipeline trains and reports",
     )
+    tuned: TunedConfig = Field(TunedConfig(), description="tuned strategies (gil tune) and their rows")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
     sweep: dict[str, Any] = Field(
         default_factory=dict, description="hyperparameter sweeps (gil sweep), validated when a sweep starts"
@@ -556,6 +595,36 @@ class Config(Section):
                     f"{key}: {unknown} are not entries of 'strategies'; add them there or remove them"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _strategy_train_overrides_are_valid(self) -> Config:
+        for name in self.strategies:
+            try:
+                self.for_strategy(name)
+            except ValidationError as error:
+                first = error.errors()[0]
+                key = ".".join(str(part) for part in first["loc"])
+                raise ValueError(
+                    f"strategies.{name}.train.{key}: {first['msg']} (the overrides take the keys of 'train')"
+                ) from None
+        return self
+
+    @property
+    def report_rows(self) -> list[str]:
+        """The rows the benchmark reports: every ``benchmark`` strategy, then the tuned rows."""
+        return self.benchmark + [f"{name}{TUNED_SUFFIX}" for name in self.tuned.rows]
+
+    def for_strategy(self, name: str) -> Config:
+        """The config ``name``'s runs train with: ``train`` updated by the entry's own overrides.
+
+        Why per entry: a tuned learning rate belongs to one strategy's row, while the shared base
+        stage and every other strategy keep the global ``train`` section.
+        """
+        overrides = self.strategies[name].train
+        if not overrides:
+            return self
+        train = TrainConfig.model_validate({**self.train.model_dump(), **overrides})
+        return self.model_copy(update={"train": train})
 
     def experiment_name(self) -> str:
         """The MLflow experiment of this config's runs: ``tracking.experiment`` or ``gil-<dataset>``."""
@@ -608,6 +677,7 @@ def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS, setting: str | Non
     """
     if not isinstance(raw, dict):
         raise GilError(f"{source}: expected a mapping of sections at the top level")
+    raw = with_tuned_strategies(raw, source)
     config = _validated(raw, source)
     from gil.settings import resolve_setting
 
@@ -624,18 +694,64 @@ def config_from_dict(raw: Any, source: Path = DEFAULT_PARAMS, setting: str | Non
     return resolved[setting]
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise GilError(f"{path}: not valid YAML{where}; fix the syntax") from None
+
+
+def with_tuned_strategies(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``raw`` with the ``NAME@tuned`` entries of the tuned params file (``tuned.path``) added.
+
+    The file is written by ``gil tune`` and tracked by the sweep pipeline; until it exists there are
+    no tuned entries (and ``tuned.rows`` cannot be trained, see :func:`missing_strategy_hint`).
+    ``@tuned`` names are reserved to that file, so a hand-written entry cannot pass for a tuned one.
+    """
+    strategies = raw.get("strategies") or {}
+    tuned = raw.get("tuned") or {}
+    path = Path(tuned["path"]) if isinstance(tuned, dict) and tuned.get("path") else None
+    entries: dict[str, Any] = {}
+    if path is not None and path.is_file():
+        document = _read_yaml(path)
+        entries = document.get("strategies") if isinstance(document, dict) else None
+        if not isinstance(entries, dict) or not all(str(name).endswith(TUNED_SUFFIX) for name in entries):
+            raise GilError(
+                f"{path}: expected a 'strategies' mapping of NAME{TUNED_SUFFIX} entries; rewrite it with "
+                "`gil tune`"
+            )
+    # A config re-validated from its own dump carries the file's entries already; others are hand-made.
+    reserved = [name for name in strategies if str(name).endswith(TUNED_SUFFIX) and name not in entries]
+    if reserved:
+        raise GilError(
+            f"{source}: strategies {reserved}: names ending in {TUNED_SUFFIX!r} are reserved for the tuned "
+            "params file; rename them"
+        )
+    return {**raw, "strategies": {**strategies, **entries}} if entries else raw
+
+
+def missing_strategy_hint(config: Config, name: str) -> str:
+    """How to fix an unknown strategy name (a tuned row needs `gil tune` first)."""
+    if name.endswith(TUNED_SUFFIX):
+        where = config.tuned.path or "tuned.path (not set)"
+        return (
+            f"no tuned values for {name.removesuffix(TUNED_SUFFIX)!r} in {where}; run `gil tune` "
+            "(or `dvc repro pipelines/sweep/dvc.yaml`) first"
+        )
+    return (
+        f"unknown strategy {name!r}; choose one of {sorted(config.strategies)} "
+        "(the entries of 'strategies' in params.yaml)"
+    )
+
+
 def load_config(path: Path | str = DEFAULT_PARAMS, setting: str | None = None) -> Config:
     """Read and validate ``params.yaml`` (or another file), as the given suite ``setting`` if any."""
     path = Path(path)
     if not path.is_file():
         raise GilError(f"params file {path} not found; pass --params PATH or run from the project root")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise GilError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    return config_from_dict(raw, path, setting)
+    return config_from_dict(_read_yaml(path), path, setting)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -659,6 +775,7 @@ _NOT_RUN_IDENTITY = {
     "compute",
     "settings",
     "suite",
+    "tuned",
 }
 
 
@@ -671,7 +788,7 @@ def run_params(config: Config, strategy_name: str) -> dict[str, Any]:
     settings: a re-evaluation reports on the runs that training opened (its settings go to tags,
     see :func:`evaluation_tags`).
     """
-    raw = config.model_dump(mode="json", exclude=_NOT_RUN_IDENTITY)
+    raw = config.for_strategy(strategy_name).model_dump(mode="json", exclude=_NOT_RUN_IDENTITY)
     raw["model"] = {**raw["model"], **config.model.resolved()}
     if config.model.init.pretrained is not None:
         raw["model"]["init"] = {**raw["model"]["init"], **pretrained_params(config.model.init.pretrained)}
@@ -688,8 +805,15 @@ def pretrained_params(directory: Path) -> dict[str, Any]:
 
 
 def evaluation_tags(config: Config) -> dict[str, str]:
-    """The evaluation settings as ``evaluate.*`` tags (tags, unlike params, may change on a rerun)."""
+    """The evaluation settings as ``evaluate.*`` tags (tags, unlike params, may change on a rerun).
+
+    ``evaluate.cells`` says which cells the numbers come from: the split's test cells (sweep trials
+    log ``scored_on: validation cells`` on their parent run instead).
+    """
     return {
-        f"evaluate.{key}": str(value)
-        for key, value in flatten(config.evaluate.model_dump(mode="json")).items()
+        "evaluate.cells": "test",
+        **{
+            f"evaluate.{key}": str(value)
+            for key, value in flatten(config.evaluate.model_dump(mode="json")).items()
+        },
     }

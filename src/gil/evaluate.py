@@ -399,6 +399,8 @@ def evaluate_strategy(
         "gene_sets": split.set_names,
         "headline": HEADLINE,
         "evaluation": EVALUATION_NOTE,
+        # What reports is scored on test cells only; sweeps select on the validation cells.
+        "scored_on": {"cells": "test", "n_cells": len(split.held_out_rows("test"))},
         "reference": reference,
         **_aggregate(per_seed),
         "per_seed": per_seed,

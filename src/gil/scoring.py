@@ -14,7 +14,7 @@ import torch
 
 from gil.config import Config
 from gil.data.batches import BatchBuilder
-from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
+from gil.data.layout import CellSet, ProcessedData, Split, Task
 from gil.data.vocab import Vocabulary
 from gil.metrics.probes import ProbeResult, cell_embeddings, cross_validated_probe, input_expression
 from gil.metrics.regression import RegressionRow, regression_row
@@ -23,15 +23,20 @@ from gil.train.loop import derive_seed, pick_device
 
 
 class EvaluationInputs:
-    """The held-out cells, batch builder, pass seeds and probe settings of one config and split."""
+    """The held-out cells, batch builder, pass seeds and probe settings of one config and split.
 
-    def __init__(self, config: Config, data: ProcessedData, split: Split):
-        self.config, self.split = config, split
+    ``cells`` says which held-out cells the regression rows score: ``test`` for everything that
+    reports (evaluation, reference, controls), ``validation`` for everything that selects (sweep
+    trials). Probes always use the tasks' test cells; nothing that selects runs them.
+    """
+
+    def __init__(self, config: Config, data: ProcessedData, split: Split, cells: CellSet = "test"):
+        self.config, self.split, self.cells = config, split, cells
         self.vocab = Vocabulary.from_split(split)
         self.max_seq = config.evaluate.max_seq or config.model.resolved()["max_seq"]
         self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
         self.device = pick_device(config.train.device)
-        self.eval_rows = split.cells_of_stage(EVAL_STAGE)
+        self.eval_rows = split.held_out_rows(cells)
         self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
 
     def regression(self, model: torch.nn.Module, stage: int) -> RegressionRow:

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from gil.cli import data, results, training  # noqa: F401 - importing registers the commands
+from gil.cli import data, results, training, tuning  # noqa: F401 - importing registers the commands
 from gil.cli.common import app
 from gil.errors import GilError
 

@@ -159,11 +159,10 @@ def inputs_of(config, processed: Path | None, split_dir: Path | None, setting: s
 
 
 def require_strategy(config, strategy: str) -> None:  # noqa: ANN001
+    from gil.config import missing_strategy_hint
+
     if strategy not in config.strategies:
-        raise GilError(
-            f"unknown strategy {strategy!r}; choose one of {sorted(config.strategies)} "
-            "(the entries of 'strategies' in params.yaml)"
-        )
+        raise GilError(missing_strategy_hint(config, strategy))
 
 
 SeedOption = Annotated[list[int] | None, typer.Option(help="Train only these seeds (default: train.seeds).")]

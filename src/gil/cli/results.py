@@ -157,7 +157,9 @@ def controls(
 def report(
     metrics: Annotated[
         list[Path] | None,
-        typer.Argument(help="Metrics files (default: metrics/<name>.json for every name in 'benchmark')."),
+        typer.Argument(
+            help="Metrics files (default: metrics/<name>.json of 'benchmark', then of the tuned rows)."
+        ),
     ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
     out: Annotated[
@@ -192,7 +194,7 @@ def report(
     from gil.report import run_report
 
     if not metrics:
-        metrics = [path_or_default(None, f"metrics/{name}.json", setting) for name in config.benchmark]
+        metrics = [path_or_default(None, f"metrics/{name}.json", setting) for name in config.report_rows]
     out, plots = (
         path_or_default(out, "reports/benchmark.md", setting),
         path_or_default(plots, "plots", setting),

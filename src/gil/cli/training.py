@@ -1,4 +1,4 @@
-"""``gil train``, ``train-base``, ``sweep``, ``bench``: training runs, hyperparameter sweeps, throughput."""
+"""``gil train``, ``train-base``, ``bench``: training runs and throughput."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from gil.cli.common import (
     SeedOption,
     SettingOption,
     SplitOption,
-    StrategyOption,
     app,
     config_of,
     inputs_of,
@@ -135,58 +134,6 @@ def train_base_command(
     with runner_of(config) as runner:
         results = train_base(config, data, split, out, seeds=seed, fresh=fresh, runner=runner)
     _print_speeds("base", results)
-
-
-@app.command()
-def sweep(
-    strategy: StrategyOption,
-    params: ParamsOption = DEFAULT_PARAMS,
-    processed: ProcessedOption = Path("data/processed"),
-    split_dir: SplitOption = Path("data/split"),
-    address: Annotated[
-        str, typer.Option(help="'local' (Ray on this machine), 'auto' or HOST:PORT of a running cluster.")
-    ] = "local",
-    num_samples: Annotated[int | None, typer.Option(help="Trials (default: sweep.num_samples).")] = None,
-    max_concurrent: Annotated[
-        int | None, typer.Option(help="Concurrent trials (default: sweep.max_concurrent).")
-    ] = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial, fractions allowed.")] = None,
-    gpus_per_trial: Annotated[
-        float | None,
-        typer.Option(help="GPUs per trial (default: a share of the cluster's GPUs, none if it has none)."),
-    ] = None,
-    time_budget: Annotated[
-        float | None, typer.Option("--time-budget", help="Seconds for the whole sweep.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the latest interrupted sweep of this strategy.")
-    ] = False,
-    write_best: Annotated[
-        bool, typer.Option("--write-best/--no-write-best", help="Write the best values into the params file.")
-    ] = False,
-) -> None:
-    """Hyperparameter sweep of one strategy (Ray Tune + Optuna TPE + ASHA); best trial to reports/sweeps/."""
-    from gil.sweep.runner import sweep_command
-
-    config = config_of(params)
-    require_strategy(config, strategy)
-    typer.echo(
-        sweep_command(
-            config,
-            strategy,
-            params,
-            address,
-            num_samples,
-            max_concurrent,
-            cpus_per_trial,
-            gpus_per_trial,
-            time_budget,
-            resume,
-            write_best,
-            processed,
-            split_dir,
-        )
-    )
 
 
 @app.command()

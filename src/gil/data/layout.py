@@ -15,7 +15,8 @@ Processed directory (written by ``gil prepare``)::
 Split directory (written by ``gil split``)::
 
     gene_sets.json   {"method": ..., "sets": [{"name": "B", "genes": [...]}, {"name": "T1", ...}, ...]}
-    cell_stages.npy  int16 [n_cells]: -1 = held-out evaluation cell, 0 = base stage, k = stage k
+    cell_stages.npy  int16 [n_cells]: -1 = held-out test cell, -2 = held-out validation cell,
+                                      0 = base stage, k = stage k
     tasks.json       {"tasks": [{"name", "label", "learned_at", "classes", "train", "val", "test",
                                   "targets"}]}  (cell indices into the processed rows; targets are
                                   class indices aligned with train+val+test concatenated)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,10 @@ import pandas as pd
 from gil.errors import GilError
 from gil.files import atomic_dir, dumps_json
 
-EVAL_STAGE = -1
+EVAL_STAGE = -1  # held-out test cells: what the benchmark reports on
+VALIDATION_STAGE = -2  # held-out validation cells: what sweeps select on, never reported
+CellSet = Literal["test", "validation"]
+HELD_OUT_STAGE: dict[str, int] = {"test": EVAL_STAGE, "validation": VALIDATION_STAGE}
 
 
 def _require(path: Path, producer: str) -> Path:
@@ -158,6 +163,16 @@ class Split:
     def cells_of_stage(self, stage: int) -> np.ndarray:
         """Row indices of the cells of ``stage`` (``EVAL_STAGE`` for held-out cells)."""
         return np.flatnonzero(self.cell_stages == stage)
+
+    def held_out_rows(self, cells: CellSet) -> np.ndarray:
+        """The rows of the held-out ``cells``: test cells report, validation cells select."""
+        rows = self.cells_of_stage(HELD_OUT_STAGE[cells])
+        if len(rows) == 0:
+            raise GilError(
+                f"the split has no {cells} cells; set split.validation_fraction above 0 (e.g. 0.1) and "
+                "re-run `gil split` (or `dvc repro`)"
+            )
+        return rows
 
     @classmethod
     def load(cls, directory: Path | str) -> Split:

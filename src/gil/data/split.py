@@ -22,9 +22,13 @@ Gene sets (``split.genes.method``):
 
 Genes within a set keep the processed gene order.
 
-Cells: ``eval_fraction`` of the cells are held out (stage ``EVAL_STAGE``), stratified by the tasks'
-labels so that every task and class gets held-out cells; of the rest, ``base_fraction`` go to stage 0
-and the others are split equally among stages ``1..n`` at random.
+Cells: ``eval_fraction`` of the cells are held out as test cells (stage ``EVAL_STAGE``: what the
+benchmark reports on) and ``validation_fraction`` as validation cells (stage ``VALIDATION_STAGE``:
+what sweeps select on), both in one draw stratified by the tasks' labels so that every task and
+class gets cells of each. The test cells do not depend on ``validation_fraction`` (validation cells
+come out of the training cells), and ``validation_fraction`` 0 gives the split of before it existed.
+Of the rest, ``base_fraction`` go to stage 0 and the others are split equally among stages ``1..n``
+at random.
 
 Tasks: the probe cells of a task are its held-out cells with a non-empty label; evaluation
 cross-validates its probes over them (``evaluate.probe.folds``).
@@ -42,7 +46,7 @@ import scipy.sparse as sp
 import yaml
 
 from gil.config import Config, GeneSplitConfig, SplitConfig, TaskConfig
-from gil.data.layout import EVAL_STAGE, ProcessedData, Split, Task
+from gil.data.layout import EVAL_STAGE, VALIDATION_STAGE, ProcessedData, Split, Task
 from gil.data.model_vocab import match_genes
 from gil.data.prepare import RESERVED_CELL_COLUMNS
 from gil.errors import GilError
@@ -323,22 +327,23 @@ def strata(n_cells: int, tasks: list[TaskCells]) -> np.ndarray:
 
 
 def cell_stages(split: SplitConfig, keys: np.ndarray, n_stages: int, rng: np.random.Generator) -> np.ndarray:
-    """Stage of every cell: held out (stratified by ``keys``), base stage 0, or one of ``1..n_stages``."""
-    stage = np.full(len(keys), EVAL_STAGE, dtype=np.int16)
-    rest = rng.permutation(
-        np.flatnonzero(stratified_parts(keys, (split.eval_fraction, 1 - split.eval_fraction), rng) == 1)
-    )
+    """Stage of every cell: test or validation (stratified by ``keys``), base stage 0, or ``1..n_stages``."""
+    held_out = (split.eval_fraction, split.validation_fraction)
+    part = stratified_parts(keys, (*held_out, 1 - sum(held_out)), rng)
+    stage = np.where(part == 0, EVAL_STAGE, VALIDATION_STAGE).astype(np.int16)
+    rest = rng.permutation(np.flatnonzero(part == 2))
     n_base = round(split.base_fraction * len(rest))
     n_later = len(rest) - n_base
     stage[rest[:n_base]] = 0
     stage[rest[n_base:]] = 1 + (np.arange(n_later) * n_stages) // max(n_later, 1)
-    counts = np.bincount(stage[stage != EVAL_STAGE], minlength=n_stages + 1)
+    counts = np.bincount(stage[stage >= 0], minlength=n_stages + 1)
     empty = [k for k in range(n_stages + 1) if counts[k] == 0]
-    if empty or (stage == EVAL_STAGE).sum() == 0:
-        which = f"stage {empty[0]}" if empty else "the evaluation set"
+    no_validation = split.validation_fraction > 0 and not (stage == VALIDATION_STAGE).any()
+    if empty or not (stage == EVAL_STAGE).any() or no_validation:
+        which = f"stage {empty[0]}" if empty else "the validation set" if no_validation else "the test set"
         raise GilError(
-            f"{which} would have no cells ({len(keys)} cells, {n_stages} stages); "
-            "adjust split.eval_fraction / split.base_fraction or use more cells"
+            f"{which} would have no cells ({len(keys)} cells, {n_stages} stages); adjust "
+            "split.eval_fraction / split.validation_fraction / split.base_fraction or use more cells"
         )
     return stage
 
@@ -376,7 +381,7 @@ def checks(
     result = {
         "gene_sets_disjoint": len(listed) == len(set(listed)),
         "gene_sets_cover_all_genes": set(listed) == set(gene_names),
-        "cell_stages_disjoint": bool(((stage >= EVAL_STAGE) & (stage <= len(sets) - 1)).all()),
+        "cell_stages_disjoint": bool(((stage >= VALIDATION_STAGE) & (stage <= len(sets) - 1)).all()),
         "probe_cells_held_out": all((stage[t.cells] == EVAL_STAGE).all() for t in tasks),
     }
     failed = [name for name, ok in result.items() if not ok]
@@ -388,8 +393,11 @@ def checks(
 def summarize(
     config: Config, method_info: dict, sets: list, stage: np.ndarray, tasks: list[Task], ok: dict
 ) -> dict:
+    keys = {EVAL_STAGE: "eval", VALIDATION_STAGE: "validation"} | {k: str(k) for k in range(len(sets))}
     stage_counts = {
-        ("eval" if k == EVAL_STAGE else str(k)): int((stage == k).sum()) for k in range(-1, len(sets))
+        name: int((stage == k).sum())
+        for k, name in keys.items()
+        if k != VALIDATION_STAGE or (stage == VALIDATION_STAGE).any()
     }
     return {
         "seed": config.split.seed,
@@ -413,7 +421,7 @@ def summarize(
 
 
 def _stage_name(key: str) -> str:
-    return "held-out" if key == "eval" else f"stage {key}"
+    return {"eval": "test (held-out)", "validation": "validation (held-out)"}.get(key, f"stage {key}")
 
 
 def summary_text(summary: dict) -> str:

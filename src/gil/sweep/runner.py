@@ -216,6 +216,7 @@ def run_sweep(
     write_best_params: bool = False,
     params_path: Path | str = Path("params.yaml"),
     report_dir: Path | str = Path("reports/sweeps"),
+    base_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Sweep the hyperparameters of ``strategy`` (``sweep.spaces.<strategy>``); return the summary.
 
@@ -225,7 +226,9 @@ def run_sweep(
     ``pareto``, the Pareto set. ``write_best_params`` writes the best values into ``params_path``,
     keeping the rest of the file and its comments. ``resume`` continues the latest sweep of this
     strategy under the storage path: finished trials are kept, unfinished and errored ones resume
-    from their last finished stage, and missing samples are drawn.
+    from their last finished stage, and missing samples are drawn. ``base_dir`` (the pipeline's
+    ``checkpoints/base``): every trial starts stage 1 from that shared base stage, as the
+    benchmark's rows do, and the sampled ``train.*`` values apply to stages 1..n only.
     """
     from gil.files import write_json
 
@@ -237,12 +240,17 @@ def run_sweep(
     time_budget_s = time_budget_s or sweep.time_budget_s
     storage = Path(storage_path or sweep.storage_path).resolve()
     data, split = ProcessedData.load(processed_dir), Split.load(split_dir)
+    split.held_out_rows("validation")  # trials select on validation cells: fail before Ray starts
+    base_checkpoint = _base_checkpoint(config, space, strategy, base_dir)
     n_stages = split.n_stages
     sweep_name = _experiment_name(storage, strategy, resume)
+    started = time.monotonic()
     parent_params = {
         "strategy": strategy,
         "num_samples": num_samples,
         "max_concurrent": max_concurrent,
+        "scored_on": "validation cells",
+        "base": str(base_dir) if base_dir is not None else "trained by each trial",
         **flatten({"objective": sweep.objective.model_dump()}),
         **{f"space.{key}": d.model_dump(mode="json") for key, d in space.items()},
     }
@@ -257,7 +265,12 @@ def run_sweep(
             ),
         }
         setup = TrialSetup(
-            config, strategy, sweep.objective, tracking.trials if tracking else None, max(1, round(cpus))
+            config,
+            strategy,
+            sweep.objective,
+            tracking.trials if tracking else None,
+            max(1, round(cpus)),
+            base_checkpoint,
         )
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, setup=setup, data=data, split=split), resources
@@ -295,6 +308,12 @@ def run_sweep(
             interrupted,
             tracking.parent.run_id if tracking else None,
         )
+        summary |= {
+            "budget": sweep_budget(sweep, num_samples, time_budget_s),
+            "scored_on": "validation",
+            "base": str(base_dir) if base_dir is not None else None,
+            "wall_s": round(time.monotonic() - started, 1),
+        }
         if tracking is not None:
             _finish_tracking(tracking, records, summary, Path(report_dir) / f"{strategy}.json")
         elif not interrupted:
@@ -302,6 +321,39 @@ def run_sweep(
     if write_best_params and summary["best"] is not None and not interrupted:
         write_params_file(Path(params_path), summary["best"]["params"])
     return summary
+
+
+def _base_checkpoint(
+    config: Config, space: dict[str, Distribution], strategy: str, base_dir: Path | str | None
+) -> bytes | None:
+    """The shared base stage trials start from (seed ``train.seeds[0]``), read once by the driver."""
+    if base_dir is None:
+        return None
+    from gil.train.checkpoint import stage_path
+
+    shared = [key for key in space if key.startswith("model.")]
+    if shared:
+        raise GilError(
+            f"sweep.spaces.{strategy}: {shared} change the model, so trials cannot start from the shared "
+            "base stage; drop --base or those keys"
+        )
+    path = stage_path(Path(base_dir) / f"seed_{config.train.seeds[0]}", 0)
+    if not path.is_file():
+        raise GilError(f"{path} not found; run `gil train-base --out {base_dir}` (or `dvc repro base`) first")
+    return path.read_bytes()
+
+
+def sweep_budget(sweep: SweepConfig, num_samples: int, time_budget_s: float | None) -> dict[str, Any]:
+    """What makes two sweeps' searches equal: trials, scheduler, objective and sampler seed."""
+    return {
+        "num_samples": num_samples,
+        "time_budget_s": time_budget_s,
+        "scheduler": sweep.scheduler,
+        "grace_stages": sweep.grace_stages,
+        "reduction_factor": sweep.reduction_factor,
+        "objective": sweep.objective.model_dump(),
+        "seed": sweep.seed,
+    }
 
 
 def _finish_tracking(
@@ -337,6 +389,7 @@ def sweep_command(
     write_best: bool,
     processed_dir: Path = Path("data/processed"),
     split_dir: Path = Path("data/split"),
+    base_dir: Path | None = None,
 ) -> str:
     """Run ``gil sweep`` and return the text to print: the best trial, or how to resume."""
     summary = run_sweep(
@@ -353,6 +406,7 @@ def sweep_command(
         resume=resume,
         write_best_params=write_best,
         params_path=params_path,
+        base_dir=base_dir,
     )
     counts = (
         f"{summary['n_trials']} trials: {summary['n_complete']} complete, "

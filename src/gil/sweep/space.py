@@ -251,6 +251,37 @@ def apply_params(config: Config, values: dict[str, Any], source: Path | str = "p
     return config_from_dict(raw, Path(source))
 
 
+def strategy_entry(config: Config, strategy: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``strategy``'s entry with ``values`` in it: its own parameters, and ``train.*`` as its overrides.
+
+    Why not the global ``train`` section: a learning rate tuned for one strategy must not change the
+    shared base stage or the other strategies (:meth:`gil.config.Config.for_strategy`).
+    """
+    entry = config.strategies[strategy].model_dump(mode="json")
+    for key, value in values.items():
+        section, _, rest = key.partition(".")
+        if section == "strategies":
+            entry[rest.split(".", 1)[1]] = value
+        elif section == "train":
+            entry["train"] = {**entry.get("train", {}), rest: value}
+        else:
+            raise GilError(
+                f"sweep.spaces.{strategy}.'{key}': only train.* and strategies.{strategy}.* keys can be set "
+                "for one strategy (model.* keys change the shared base stage); remove it"
+            )
+    return entry
+
+
+def apply_to_strategy(config: Config, strategy: str, values: dict[str, Any]) -> Config:
+    """``config`` with ``values`` applied to ``strategy`` alone (``model.*`` keys to the whole config)."""
+    shared = {key: value for key, value in values.items() if key.startswith("model.")}
+    config = apply_params(config, shared) if shared else config
+    own = {key: value for key, value in values.items() if key not in shared}
+    raw = config.model_dump(mode="json")
+    raw["strategies"][strategy] = strategy_entry(config, strategy, own)
+    return config_from_dict(raw)
+
+
 def _check_key(config: Config, strategy: str, key: str, where: str) -> None:
     """Raise :class:`GilError` unless ``key`` names a sweepable leaf of the config."""
     from gil.strategies import registry

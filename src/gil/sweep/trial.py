@@ -1,10 +1,12 @@
 """One sweep trial, as it runs in a Ray worker: train every stage, score and report after each.
 
 The trial trains the strategy with the sampled hyperparameters (training seed ``train.seeds[0]``)
-and scores the model right after each stage on the evaluation cells, so row ``s`` of the results
-matrix is known after stage ``s``. It reports the objective of the partial matrix after every stage
-(``training_iteration = stage + 1``) with a Ray checkpoint holding the stage checkpoint and the rows
-so far: a crashed trial is retried from its last finished stage.
+and scores the model right after each stage on the split's *validation* cells, never on the test
+cells the benchmark reports on (a choice made on the test cells would make the reported numbers
+optimistic), so row ``s`` of the validation results matrix is known after stage ``s``. It reports
+the objective of the partial matrix after every stage (``training_iteration = stage + 1``) with a
+Ray checkpoint holding the stage checkpoint and the rows so far: a crashed trial is retried from its
+last finished stage.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ray import tune
 
 from gil.config import Config
 from gil.data.layout import ProcessedData, Split
-from gil.sweep.space import Objective, apply_params
+from gil.sweep.space import Objective, apply_to_strategy
 from gil.tracking.base import NullTracker
 
 _ROWS_FILE = "rows.json"
@@ -45,6 +47,9 @@ class TrialSetup:
     objective: Objective
     tracking: TrialTracking | None
     threads: int
+    # The shared base stage of seed train.seeds[0] (the file's bytes: nodes need no shared path), or
+    # None: each trial trains its own base stage, with the sampled train.* values.
+    base_checkpoint: bytes | None = None
 
 
 class _LastEpoch(NullTracker):
@@ -80,21 +85,29 @@ def _train_and_report(
     from gil.train.checkpoint import stage_path
     from gil.train.loop import StageTrainer
 
-    config = apply_params(setup.config, params)
+    config = apply_to_strategy(setup.config, setup.strategy, params)
+    seed = config.train.seeds[0]
     run_dir = scratch / "run"
     rows = _restore_rows(run_dir)
     last_epoch = _LastEpoch()
+    base_dir = None
+    if setup.base_checkpoint is not None:
+        base_dir = scratch / "base"
+        base_file = stage_path(base_dir / f"seed_{seed}", 0)
+        base_file.parent.mkdir(parents=True)
+        base_file.write_bytes(setup.base_checkpoint)
     trainer = StageTrainer(
         config,
         setup.strategy,
-        config.train.seeds[0],
+        seed,
         data,
         split,
         run_dir,
         tracker=last_epoch,
         progress=False,
+        base_dir=base_dir,
     )
-    evaluation = EvaluationInputs(config, data, split)
+    evaluation = EvaluationInputs(config, data, split, cells="validation")
 
     def report_stage(stage: int, model: GeneTransformer) -> None:
         row = evaluation.regression(model, stage)

@@ -29,7 +29,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from gil.config import Config, run_params
+from gil.config import Config, missing_strategy_hint, run_params
 from gil.data.batches import Batch, BatchBuilder, GeneSampling
 from gil.data.layout import ProcessedData, Split
 from gil.data.vocab import NO_SET, Vocabulary
@@ -160,7 +160,7 @@ def _model_identity(config: Config) -> dict:
 # Training keys added after checkpoints existed, with the behaviour those checkpoints were trained with.
 TRAIN_KEYS_ADDED_LATER = {"lr_schedule": "constant", "embedding_lr_scale": 1.0, "mvc_positions": "masked"}
 # The same for strategy parameters.
-STRATEGY_KEYS_ADDED_LATER = {"queries_per_cell": 0}
+STRATEGY_KEYS_ADDED_LATER = {"queries_per_cell": 0, "train": {}}
 
 
 def _without_old_defaults(values: dict, added_later: dict) -> dict:
@@ -240,10 +240,12 @@ class StageTrainer:
 
     def __post_init__(self) -> None:
         if self.strategy_name is not None and self.strategy_name not in self.config.strategies:
-            raise GilError(
-                f"unknown strategy {self.strategy_name!r}; choose one of {sorted(self.config.strategies)} "
-                "(the entries of 'strategies' in params.yaml)"
-            )
+            raise GilError(missing_strategy_hint(self.config, self.strategy_name))
+        # The shared base stage was trained with the global config; the strategy's own stages use
+        # its entry's train overrides (a tuned row's learning rate, say).
+        self.base_config = self.config
+        if self.strategy_name is not None:
+            self.config = self.config.for_strategy(self.strategy_name)
         self.device = pick_device(self.config.train.device)
         self.vocab = Vocabulary.from_split(self.split)
         sizes = self.config.model.resolved()
@@ -370,7 +372,7 @@ class StageTrainer:
     def import_base(self) -> StageRecord:
         """Take stage 0 from the shared base run instead of training it (same result, less work)."""
         assert self.base_dir is not None
-        expected = run_fingerprint(self.config, None, self.seed, self.vocab, self.split)
+        expected = run_fingerprint(self.base_config, None, self.seed, self.vocab, self.split)
         payload = load_checkpoint(stage_path(self.base_dir / f"seed_{self.seed}", 0), expected)
         self.model.load_state_dict(payload["model"])
         ctx = self._context(0)
