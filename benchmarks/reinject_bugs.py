@@ -447,6 +447,56 @@ BUGS = [
         "derive_seed(0, 0xE0E0)",
         ("test_controls.py",),
     ),
+    # issue 26: selection on validation cells, reporting on test cells, tuned rows
+    Bug(
+        "sweep: trials scored on the test cells",
+        "sweep/trial.py",
+        'return EvaluationInputs(config, data, split, cells="validation")',
+        'return EvaluationInputs(config, data, split, cells="test")',
+        ("test_sweep.py",),
+    ),
+    Bug(
+        "evaluate: scored on the validation cells",
+        "scoring.py",
+        'cells: CellSet = "test"):',
+        'cells: CellSet = "validation"):',
+        ("test_evaluate.py",),
+    ),
+    Bug(
+        "split: validation cells drawn before the test cells (test cells move)",
+        "data/split.py",
+        "part = stratified_parts(keys, (*held_out, 1 - sum(held_out)), rng)",
+        "part = stratified_parts(keys, (*held_out[::-1], 1 - sum(held_out)), rng)",
+        ("test_split.py",),
+    ),
+    Bug(
+        "config: a strategy's train overrides lose to the global train section",
+        "config.py",
+        "{**self.train.model_dump(), **overrides}",
+        "{**overrides, **self.train.model_dump()}",
+        ("test_tuned.py",),
+    ),
+    Bug(
+        "train: the shared base checked against the tuned row's config",
+        "train/loop.py",
+        "expected = run_fingerprint(self.base_config, None,",
+        "expected = run_fingerprint(self.config, None,",
+        ("test_tuned.py",),
+    ),
+    Bug(
+        "tune: sweeps of different budgets collected together",
+        "sweep/tuned.py",
+        "if budgets[name] != first:",
+        "if budgets[name] is None:",
+        ("test_tuned.py",),
+    ),
+    Bug(
+        "report: tuned − default taken the other way round",
+        "tuned_report.py",
+        "paired_difference(per_seed[tuned], per_seed[default])",
+        "paired_difference(per_seed[default], per_seed[tuned])",
+        ("test_report.py",),
+    ),
 ]
 
 

@@ -169,6 +169,7 @@ def tiny_pipeline_params(h5ad: Path) -> dict:
     }
     # One C and 3 folds keep the probes quick (their protocol is pinned in test_probes.py).
     params["evaluate"] = {"seed": 3, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}}
+    params["tuned"] = {"path": None, "rows": []}  # dvc.yaml's tuned stages need the key
     return params
 
 
@@ -275,7 +276,19 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) 
     changes a project works on a copy (``own_project`` in ``test_pipeline.py``).
     """
     repo = tmp_path_factory.mktemp("project")
-    return repo, build_tiny_project(repo, synthetic_h5ad)
+    return repo, build_tiny_project(repo, synthetic_h5ad, with_tuned_finetune)
+
+
+TUNED_FINETUNE_LR = 0.01
+
+
+def with_tuned_finetune(params: dict, repo: Path) -> None:
+    """A tuned file as `gil tune` writes it, with a tuned row of fine-tuning in the benchmark."""
+    import yaml
+
+    entry = {"kind": "finetune", "train": {"lr": TUNED_FINETUNE_LR}}
+    (repo / "tuned.yaml").write_text(yaml.safe_dump({"strategies": {"finetune@tuned": entry}}))
+    params["tuned"] = {"path": "tuned.yaml", "rows": ["finetune"]}
 
 
 def gil_train_command(

@@ -215,6 +215,33 @@ CASES: dict[str, tuple[Case, list[str]]] = {
         ["balance_label 'tissue'"],
     ),
     "train_unknown_strategy_name": (_train(lambda raw: None, "nosuch"), ["unknown strategy 'nosuch'"]),
+    # tuned rows and their file
+    "train_tuned_row_before_tuning": (_train(lambda raw: None, "finetune@tuned"), ["run `gil tune`"]),
+    "params_hand_made_tuned_name": (
+        _train(_set("strategies.finetune@tuned", {"kind": "finetune"})),
+        ["reserved for the tuned params file"],
+    ),
+    "strategy_bad_train_override": (
+        _train(_set("strategies.finetune.train", {"lr": "fast"})),
+        ["strategies.finetune.train.lr"],
+    ),
+    "tune_without_sweeps": (
+        lambda ws, tmp: [
+            "tune",
+            "-p",
+            ws / "params.yaml",
+            "--collect-only",
+            "--reports",
+            tmp / "x",
+            "--out",
+            tmp / "t",
+        ],
+        ["not found; run `gil sweep"],
+    ),
+    "params_no_training_cells_left": (
+        _split(_set("split.validation_fraction", 0.8)),
+        ["leave no training cells"],
+    ),
     # checkpoints
     "checkpoint_other_config": (_train(_set("train.lr", 0.05)), ["different config"]),
     "checkpoint_corrupt": (_corrupt_checkpoint, ["unreadable"]),

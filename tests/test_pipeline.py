@@ -107,3 +107,27 @@ def test_the_ray_backend_changes_no_dependency_and_no_result(own_project) -> Non
     assert ran == {"evaluate@finetune", "controls", "leaderboard"}
     assert (repo / "metrics" / "finetune.json").read_bytes() == before
     assert (repo / "metrics" / "controls.json").read_bytes() == controls_before
+
+
+def test_a_tuned_row_starts_from_the_shared_base_and_is_reported_beside_its_default(project) -> None:
+    repo, _ = project
+    default, tuned = (
+        json.loads((repo / "metrics" / f"{name}.json").read_text()) for name in ("finetune", "finetune@tuned")
+    )
+    assert tuned["strategy"] == "finetune@tuned" and tuned["kind"] == "finetune"
+    assert tuned["scored_on"]["cells"] == "test" == default["scored_on"]["cells"]
+    matrix, default_matrix = tuned["regression"]["matrix"], default["regression"]["matrix"]
+    assert matrix[0] == default_matrix[0]  # the same base stage, scored on the same cells
+    assert matrix[1] != default_matrix[1]  # stage 1 trained with the tuned learning rate
+    assert "| finetune@tuned" in (repo / "reports" / "benchmark.md").read_text()
+    assert "finetune@tuned" in (repo / "reports" / "leaderboard.csv").read_text()
+
+
+def test_a_changed_tuned_value_reruns_that_row_only(own_project) -> None:
+    repo, env = own_project
+    tuned = yaml.safe_load((repo / "tuned.yaml").read_text())
+    tuned["strategies"]["finetune@tuned"]["train"]["lr"] = 0.002
+    (repo / "tuned.yaml").write_text(yaml.safe_dump(tuned))
+    status = _run([sys.executable, "-m", "dvc", "status"], repo, env)
+    assert "train_tuned@finetune" in status
+    assert "train@finetune:" not in status and "base:" not in status

@@ -446,3 +446,46 @@ def test_own_genes_probe_rows_and_the_controls_section_by_hand(tmp_path: Path, m
     run_report(paths, tmp_path / "report.md", tmp_path / "plots", controls=tmp_path / "controls.json")
     text = (tmp_path / "report.md").read_text()
     assert "## Controls" in text and "positive control: rows of T1 redrawn" in text
+
+
+def _delta_metrics(per_seed: list[float]) -> dict:
+    mean = sum(per_seed) / len(per_seed)
+    return {
+        "regression": {"delta_mean": mean, "delta_std": 0.0},
+        "per_seed": {str(seed): {"regression": {"delta": value}} for seed, value in enumerate(per_seed)},
+    }
+
+
+def test_tuned_rows_are_paired_with_their_defaults_and_ranked_both_ways() -> None:
+    """Hand-computed: A's tuned − default per seed is (−0.2, −0.1, −0.15): mean −0.15, sd 0.05,
+    half-width t(0.975, 2) · 0.05 / √3 = 4.3027 · 0.028868 = 0.12421; B's is +0.1 on every seed.
+    At defaults B (0.10) < A (0.25); tuned A (0.10) < B (0.20): the order changes."""
+    from gil.tuned_report import tuned_document, tuned_section
+
+    metrics = {
+        "A": _delta_metrics([0.3, 0.2, 0.25]),
+        "B": _delta_metrics([0.1, 0.1, 0.1]),
+        "A@tuned": _delta_metrics([0.1, 0.1, 0.1]),
+        "B@tuned": _delta_metrics([0.2, 0.2, 0.2]),
+    }
+    names = list(metrics)
+    document = tuned_document(metrics, names)
+    assert set(document) == {"A@tuned", "B@tuned"}
+    a = document["A@tuned"]
+    assert a["mean"] == pytest.approx(-0.15) and a["n"] == 3
+    assert a["low"] == pytest.approx(-0.15 - 0.12421, abs=1e-5) and a["high"] == pytest.approx(
+        -0.02579, abs=1e-5
+    )
+    assert a["verdict"] == "resolved: lower than A"
+    assert document["B@tuned"]["verdict"] == "resolved: higher than B"
+    section = tuned_section(metrics, names)
+    assert (
+        "| A | 0.250 ± 0.000 | 0.100 ± 0.000 | −0.150 [−0.274, −0.026] | resolved: lower than A | 2 → 1 |"
+        in section
+    )
+    assert (
+        "| B | 0.100 ± 0.000 | 0.200 ± 0.000 | +0.100 [+0.100, +0.100] | resolved: higher than B | 1 → 2 |"
+        in section
+    )
+    assert "at defaults B < A; tuned A < B: a different order" in section
+    assert tuned_section({"A": metrics["A"]}, ["A"]) == ""  # no tuned row, no section

@@ -472,6 +472,41 @@ def test_trials_select_on_validation_cells_and_never_read_test_cells(
     assert [scores for _, scores in changed[0]] != [scores for _, scores in original[0]]
 
 
+def test_trials_score_the_validation_cells(tiny_params: dict, tiny_processed: Path, tiny_split: Path) -> None:
+    """The fast half of the leak test above: the rows a trial scores are the validation cells."""
+    import numpy as np
+
+    from gil.data.layout import VALIDATION_STAGE, ProcessedData, Split
+    from gil.sweep.trial import selection_inputs
+
+    split = Split.load(tiny_split)
+    inputs = selection_inputs(config_from_dict(tiny_params), ProcessedData.load(tiny_processed), split)
+    expected = split.cells_of_stage(VALIDATION_STAGE)
+    assert len(expected) and np.array_equal(inputs.eval_rows, expected)
+
+
+@pytest.mark.parametrize(
+    ("space", "base", "message"),
+    [
+        (SPACE, "absent", r"absent/seed_0/stage_0.pt not found; run `gil train-base --out .*absent`"),
+        (
+            {"model.d_model": {"choice": [16, 32]}},
+            "absent",
+            r"\['model.d_model'\] change the model, so trials",
+        ),
+    ],
+)
+def test_a_sweep_from_a_shared_base_needs_one_it_can_start_from(
+    tiny_params: dict, dirs: tuple[Path, Path], tmp_path: Path, space: dict, base: str, message: str
+) -> None:
+    from gil.sweep.runner import run_sweep
+
+    config = _config(tiny_params, tmp_path, spaces={"replay": space})
+    with pytest.raises(GilError, match=message):
+        run_sweep(config, "replay", *dirs, storage_path=tmp_path / "ray", base_dir=tmp_path / base)
+    assert not (tmp_path / "ray").exists()
+
+
 def test_a_sweep_without_validation_cells_fails_before_ray_starts(
     tiny_params: dict, tiny_processed: Path, tmp_path: Path
 ) -> None:

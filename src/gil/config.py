@@ -475,7 +475,7 @@ class TunedConfig(Section):
 
     path: Path | None = Field(
         None,
-        description="the tuned params file (written by `gil tune`): its NAME@tuned entries join 'strategies'",
+        description="the tuned params file (written by gil tune): its NAME@tuned entries join 'strategies'",
     )
     rows: list[str] = Field(
         default_factory=list,

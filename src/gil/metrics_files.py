@@ -24,7 +24,7 @@ Metrics = Mapping[str, Any]
 
 _BASELINE_KINDS = frozenset({"finetune"})  # listed first: what every method is compared against
 _REFERENCE_KINDS = frozenset({"joint"})  # listed last: the upper bound, not a continual method
-_STRATEGY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_STRATEGY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(@tuned)?")  # file-name safe; a tuned row's suffix
 MISSING = "–"
 
 
@@ -34,7 +34,9 @@ def check_metrics(metrics: Any, source: str) -> None:
         raise GilError(f"{source}: expected a JSON object with keys 'strategy', 'gene_sets', 'regression'")
     name = metrics.get("strategy")
     if not isinstance(name, str) or not _STRATEGY_NAME.fullmatch(name):
-        raise GilError(f"{source}: 'strategy' must be a name of letters, digits, '_', '.', '-'; got {name!r}")
+        raise GilError(
+            f"{source}: 'strategy' must be letters, digits, '_', '.', '-' (+ '@tuned'); got {name!r}"
+        )
     gene_sets = metrics.get("gene_sets")
     if (
         not isinstance(gene_sets, list)

@@ -100,6 +100,7 @@ def tune(
         bool, typer.Option(help="Only write the tuned file from the existing reports/sweeps/*.json.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Tuned params file (default: tuned.path).")] = None,
+    reports: Annotated[Path, typer.Option(help="Where the sweeps' reports are.")] = Path("reports/sweeps"),
 ) -> None:
     """Sweep every strategy with the same budget; write the winners as NAME@tuned to the tuned file."""
     from gil.sweep.tuned import collect_tuned
@@ -129,6 +130,7 @@ def tune(
                 processed_dir=processed,
                 split_dir=split_dir,
                 base_dir=base,
+                report_dir=reports,
             )
             typer.echo(summary)
-    typer.echo(collect_tuned(config, names, out))
+    typer.echo(collect_tuned(config, names, out, reports))

@@ -390,6 +390,7 @@ def sweep_command(
     processed_dir: Path = Path("data/processed"),
     split_dir: Path = Path("data/split"),
     base_dir: Path | None = None,
+    report_dir: Path = Path("reports/sweeps"),
 ) -> str:
     """Run ``gil sweep`` and return the text to print: the best trial, or how to resume."""
     summary = run_sweep(
@@ -407,6 +408,7 @@ def sweep_command(
         write_best_params=write_best,
         params_path=params_path,
         base_dir=base_dir,
+        report_dir=report_dir,
     )
     counts = (
         f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
@@ -427,7 +429,7 @@ def sweep_command(
         f"best {best['trial_id']}: {values}",
         f"  score {metrics['score']:.4f}, forgetting {metrics['forgetting']:.4f}, "
         f"final MSE {metrics['final_mse']:.4f}, plasticity {metrics['plasticity']:.4f}",
-        f"report: reports/sweeps/{strategy}.json",
+        f"report: {report_dir / f'{strategy}.json'}",
     ]
     if summary["pareto"] is not None:
         lines.append(f"Pareto set (forgetting vs plasticity): {len(summary['pareto'])} trials")

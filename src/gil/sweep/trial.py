@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
@@ -25,6 +25,9 @@ from gil.config import Config
 from gil.data.layout import ProcessedData, Split
 from gil.sweep.space import Objective, apply_to_strategy
 from gil.tracking.base import NullTracker
+
+if TYPE_CHECKING:
+    from gil.scoring import EvaluationInputs
 
 _ROWS_FILE = "rows.json"
 
@@ -77,11 +80,17 @@ def _restore_rows(run_dir: Path) -> list[list[float]]:
     return rows
 
 
+def selection_inputs(config: Config, data: ProcessedData, split: Split) -> EvaluationInputs:
+    """What a trial is scored on: the validation cells, never the test cells the benchmark reports."""
+    from gil.scoring import EvaluationInputs
+
+    return EvaluationInputs(config, data, split, cells="validation")
+
+
 def _train_and_report(
     params: dict[str, Any], setup: TrialSetup, data: ProcessedData, split: Split, scratch: Path, run: Any
 ) -> None:
     from gil.model import GeneTransformer
-    from gil.scoring import EvaluationInputs
     from gil.train.checkpoint import stage_path
     from gil.train.loop import StageTrainer
 
@@ -107,7 +116,7 @@ def _train_and_report(
         progress=False,
         base_dir=base_dir,
     )
-    evaluation = EvaluationInputs(config, data, split, cells="validation")
+    evaluation = selection_inputs(config, data, split)
 
     def report_stage(stage: int, model: GeneTransformer) -> None:
         row = evaluation.regression(model, stage)

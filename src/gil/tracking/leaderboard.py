@@ -320,6 +320,11 @@ def _log_leaderboard(
             client.log_artifact(run_id, str(path))
 
 
+def metric_safe(name: str) -> str:
+    """``name`` as MLflow accepts in a metric name: a tuned row ``replay@tuned`` becomes ``replay:tuned``."""
+    return name.replace("@", ":")
+
+
 def _log_paired(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
     """Log :data:`PAIRED_COLUMNS` on the leaderboard run as ``<column>/<strategy>`` metrics (one per
     strategy compared with the reference; undefined values, e.g. one seed's bounds, left out)."""
@@ -327,7 +332,7 @@ def _log_paired(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
         return
     now = int(time.time() * 1000)
     metrics = [
-        Metric(f"{column}/{row['strategy']}", float(row[column]), now, 0)
+        Metric(f"{column}/{metric_safe(row['strategy'])}", float(row[column]), now, 0)
         for _, row in table.iterrows()
         for column in PAIRED_COLUMNS
         if not math.isnan(row[column])

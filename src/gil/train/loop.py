@@ -174,8 +174,12 @@ def run_fingerprint(
     """What a checkpoint of this run depends on: model, training, strategy, seed and the split.
 
     ``strategy_name`` None is the shared base run (see :func:`train_base`). A pretrained start
-    adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed.
+    adds the checkpoint's hashes, so a checkpoint replaced under the same path is noticed. A
+    strategy's ``train`` overrides count (:meth:`Config.for_strategy`, idempotent), so evaluation
+    expects what training wrote from the global config alone.
     """
+    if strategy_name:
+        config = config.for_strategy(strategy_name)
     train = _without_old_defaults(
         config.train.model_dump(exclude={"seeds", "device", "threads"}), TRAIN_KEYS_ADDED_LATER
     )
