@@ -493,8 +493,8 @@ BUGS = [
     Bug(
         "report: tuned − default taken the other way round",
         "tuned_report.py",
-        "paired_difference(per_seed[tuned], per_seed[default])",
-        "paired_difference(per_seed[default], per_seed[tuned])",
+        "paired_difference(per_seed[row], per_seed[reference])",
+        "paired_difference(per_seed[reference], per_seed[row])",
         ("test_report.py",),
     ),
 ]

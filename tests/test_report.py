@@ -183,7 +183,8 @@ def _write(path: Path, text: str) -> Path:
         (lambda m: m["regression"].update(matrix=[[0.5, None], [0.5, 0.4]]), "is 2x2 but there are 3"),
         (lambda m: m["regression"]["matrix"][0].__setitem__(1, 0.3), r"regression.matrix\[0\]\[1\]"),
         (lambda m: m["regression"]["matrix"][2].__setitem__(2, None), "must be finite"),
-        (lambda m: m.update(strategy="../evil"), "'strategy' must be a name"),
+        (lambda m: m.update(strategy="../evil"), "'strategy' must be letters, digits"),
+        (lambda m: m.update(strategy="replay@other"), "'strategy' must be letters, digits"),
         (lambda m: m.update(gene_sets="B,T1,T2"), "'gene_sets' must list"),
         (lambda m: m["probe"]["tasks"]["neurons"].update(accuracy=[0.8]), "one value per stage"),
         (lambda m: m["probe"]["tasks"]["neurons"].update(learned_at=5), "learned_at"),
@@ -458,34 +459,38 @@ def _delta_metrics(per_seed: list[float]) -> dict:
 
 def test_tuned_rows_are_paired_with_their_defaults_and_ranked_both_ways() -> None:
     """Hand-computed: A's tuned − default per seed is (−0.2, −0.1, −0.15): mean −0.15, sd 0.05,
-    half-width t(0.975, 2) · 0.05 / √3 = 4.3027 · 0.028868 = 0.12421; B's is +0.1 on every seed.
-    At defaults B (0.10) < A (0.25); tuned A (0.10) < B (0.20): the order changes."""
+    half-width t(0.975, 2) · 0.05 / √3 = 4.3027 · 0.028868 = 0.12421; finetune's is +0.1 on every
+    seed. At equal tuning A@tuned − finetune@tuned = (0.1, 0.1, 0.1) − (0.2, 0.2, 0.2) = −0.1 on
+    every seed. At defaults finetune (0.10) < A (0.25); tuned A (0.10) < finetune (0.20)."""
     from gil.tuned_report import tuned_document, tuned_section
 
     metrics = {
         "A": _delta_metrics([0.3, 0.2, 0.25]),
-        "B": _delta_metrics([0.1, 0.1, 0.1]),
+        "finetune": _delta_metrics([0.1, 0.1, 0.1]),
         "A@tuned": _delta_metrics([0.1, 0.1, 0.1]),
-        "B@tuned": _delta_metrics([0.2, 0.2, 0.2]),
+        "finetune@tuned": _delta_metrics([0.2, 0.2, 0.2]),
     }
     names = list(metrics)
     document = tuned_document(metrics, names)
-    assert set(document) == {"A@tuned", "B@tuned"}
+    assert set(document) == {"A@tuned", "finetune@tuned"}
     a = document["A@tuned"]
     assert a["mean"] == pytest.approx(-0.15) and a["n"] == 3
     assert a["low"] == pytest.approx(-0.15 - 0.12421, abs=1e-5) and a["high"] == pytest.approx(
         -0.02579, abs=1e-5
     )
     assert a["verdict"] == "resolved: lower than A"
-    assert document["B@tuned"]["verdict"] == "resolved: higher than B"
+    assert a["vs_tuned_reference"]["mean"] == pytest.approx(-0.1)
+    assert a["vs_tuned_reference"]["verdict"] == "resolved: lower than finetune@tuned"
+    assert document["finetune@tuned"]["verdict"] == "resolved: higher than finetune"
+    assert "vs_tuned_reference" not in document["finetune@tuned"]
     section = tuned_section(metrics, names)
     assert (
-        "| A | 0.250 ± 0.000 | 0.100 ± 0.000 | −0.150 [−0.274, −0.026] | resolved: lower than A | 2 → 1 |"
-        in section
-    )
+        "| A | 0.250 ± 0.000 | 0.100 ± 0.000 | −0.150 [−0.274, −0.026] | resolved: lower than A "
+        "| −0.100 [−0.100, −0.100] | resolved: lower than finetune@tuned | 2 → 1 |"
+    ) in section
     assert (
-        "| B | 0.100 ± 0.000 | 0.200 ± 0.000 | +0.100 [+0.100, +0.100] | resolved: higher than B | 1 → 2 |"
-        in section
-    )
-    assert "at defaults B < A; tuned A < B: a different order" in section
+        "| finetune | 0.100 ± 0.000 | 0.200 ± 0.000 | +0.100 [+0.100, +0.100] | resolved: higher than "
+        "finetune | (reference) | – | 1 → 2 |"
+    ) in section
+    assert "at defaults finetune < A; tuned A < finetune: a different order" in section
     assert tuned_section({"A": metrics["A"]}, ["A"]) == ""  # no tuned row, no section
