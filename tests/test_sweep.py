@@ -507,6 +507,62 @@ def test_a_sweep_from_a_shared_base_needs_one_it_can_start_from(
     assert not (tmp_path / "ray").exists()
 
 
+@pytest.mark.slow
+def test_gil_tune_sweeps_every_strategy_with_one_budget_and_writes_the_tuned_file(
+    local_ray: None, dirs: tuple[Path, Path], tiny_params: dict, tmp_path: Path, run_cli
+) -> None:
+    """``gil tune`` end to end: one sweep per benchmark strategy from the shared base, then the
+    tuned file whose entries carry each sweep's best values (``train.*`` as the entry's overrides)."""
+    import json
+
+    import yaml
+
+    from gil.data.layout import ProcessedData, Split
+    from gil.train.loop import train_base
+
+    lr = {"train.lr": {"loguniform": [1e-4, 3e-3]}}
+    params = {
+        **tiny_params,
+        "strategies": {"finetune": {"kind": "finetune"}, "replay": {"kind": "replay", "buffer_size": 20}},
+        "benchmark": ["finetune", "replay"],
+        "evaluate": {"seed": 7, "repeats": 1, "batch_size": 64},
+        "tracking": {"enabled": False},
+        "sweep": {
+            "num_samples": 1,
+            "max_concurrent": 1,
+            "scheduler": "fifo",
+            "storage_path": str(tmp_path / "ray_results"),
+            "spaces": {"finetune": lr, "replay": SPACE},
+        },
+    }
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    base = tmp_path / "base"
+    train_base(
+        config_from_dict(params), ProcessedData.load(dirs[0]), Split.load(dirs[1]), base, progress=False
+    )
+    out, reports = tmp_path / "tuned.yaml", tmp_path / "reports"
+    result = run_cli(
+        "tune", "-p", params_file, "--processed", dirs[0], "--split", dirs[1], "--base", base,
+        "--reports", reports, "--out", out,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr[-2000:]
+    document = yaml.safe_load(out.read_text())
+    best = {
+        name: json.loads((reports / f"{name}.json").read_text())["best"]["params"]
+        for name in ("finetune", "replay")
+    }
+    assert document["strategies"] == {
+        "finetune@tuned": {"kind": "finetune", "train": {"lr": best["finetune"]["train.lr"]}},
+        "replay@tuned": {
+            **config_from_dict(params).strategies["replay"].model_dump(mode="json"),
+            "mix": best["replay"]["strategies.replay.mix"],
+            "train": {"lr": best["replay"]["train.lr"]},
+        },
+    }
+    assert document["budget"]["num_samples"] == 1 and set(document["sweeps"]) == {"finetune", "replay"}
+
+
 def test_a_sweep_without_validation_cells_fails_before_ray_starts(
     tiny_params: dict, tiny_processed: Path, tmp_path: Path
 ) -> None:
