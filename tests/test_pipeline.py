@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import _run_checked
+from conftest import ROOT, TUNED_FINETUNE_LR, _run_checked
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +131,36 @@ def test_a_changed_tuned_value_reruns_that_row_only(own_project) -> None:
     status = _run([sys.executable, "-m", "dvc", "status"], repo, env)
     assert "train_tuned@finetune" in status
     assert "train@finetune:" not in status and "base:" not in status
+
+
+def test_the_sweep_pipeline_tunes_every_strategy_and_the_default_pipeline_reports_the_winners(
+    own_project,
+) -> None:
+    """``dvc repro pipelines/sweep/dvc.yaml`` on the finished tiny benchmark: one sweep per benchmark
+    strategy from its base stage, ``tuned.yaml`` with both winners; then ``dvc repro`` retrains the
+    tuned row whose values changed and nothing of the default rows."""
+    repo, env = own_project
+    shutil.copytree(ROOT / "src" / "gil" / "sweep", repo / "src" / "gil" / "sweep", dirs_exist_ok=True)
+    (repo / "pipelines" / "sweep").mkdir(parents=True)
+    shutil.copy(ROOT / "pipelines" / "sweep" / "dvc.yaml", repo / "pipelines" / "sweep" / "dvc.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    lr = {"train.lr": {"loguniform": [1e-4, 3e-3]}}
+    params["sweep"] = {
+        "num_samples": 1,
+        "max_concurrent": 1,
+        "scheduler": "fifo",
+        "storage_path": str(repo / "ray_results"),
+        "spaces": {"finetune": lr, "replay": {**lr, "strategies.replay.mix": {"uniform": [0.1, 0.5]}}},
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "-m", "dvc", "repro", "pipelines/sweep/dvc.yaml"], repo, env)
+    tuned = yaml.safe_load((repo / "tuned.yaml").read_text())
+    assert set(tuned["strategies"]) == {"finetune@tuned", "replay@tuned"}
+    assert tuned["budget"]["num_samples"] == 1 and tuned["sweeps"]["replay"]["base"] == "checkpoints/base"
+    assert (
+        tuned["strategies"]["finetune@tuned"]["train"]["lr"] != TUNED_FINETUNE_LR
+    )  # the hand-written one is gone
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert "Running stage 'train_tuned@finetune'" in out
+    assert "Running stage 'train@" not in out and "Running stage 'base'" not in out
+    assert json.loads((repo / "metrics" / "finetune@tuned.json").read_text())["strategy"] == "finetune@tuned"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from gil.config import config_from_dict, run_params
+from gil.config import config_from_dict, load_config, run_params
 from gil.errors import GilError
 
 REPLAY = {"kind": "replay", "buffer_size": 20, "mix": 0.25}
@@ -57,11 +57,16 @@ def test_the_tuned_file_adds_its_entries_and_reserves_their_names(tiny_params: d
     config = config_from_dict(params)
     assert config.for_strategy("finetune@tuned").train.lr == 0.002
     assert config.report_rows == ["finetune@tuned"]  # the benchmark list of tiny_params is empty
-    # re-validating a config from its own dump (as sweeps do) keeps the entries
-    assert config_from_dict(config.model_dump(mode="json")).strategies == config.strategies
-    hand_made = _params(tiny_params, **{"replay@tuned": REPLAY})
+    # re-validating a config from its own dump (as sweeps do) keeps the entries, also where the
+    # tuned file cannot be read (a Ray worker's working directory is not the project's)
+    dump = config.model_dump(mode="json")
+    assert config_from_dict(dump).strategies == config.strategies
+    unreadable = {**dump, "tuned": {**dump["tuned"], "path": str(tmp_path / "elsewhere.yaml")}}
+    assert config_from_dict(unreadable).strategies == config.strategies
+    hand_made = tmp_path / "params.yaml"
+    hand_made.write_text(yaml.safe_dump(_params(tiny_params, **{"replay@tuned": REPLAY})))
     with pytest.raises(GilError, match=r"names ending in '@tuned' are reserved for the tuned params file"):
-        config_from_dict(hand_made)
+        load_config(hand_made)
     path.write_text(yaml.safe_dump({"strategies": {"finetune": {"kind": "finetune"}}}))
     with pytest.raises(GilError, match=r"tuned.yaml: expected a 'strategies' mapping of NAME@tuned entries"):
         config_from_dict(params)

@@ -708,7 +708,9 @@ def with_tuned_strategies(raw: dict[str, Any], source: Path) -> dict[str, Any]:
 
     The file is written by ``gil tune`` and tracked by the sweep pipeline; until it exists there are
     no tuned entries (and ``tuned.rows`` cannot be trained, see :func:`missing_strategy_hint`).
-    ``@tuned`` names are reserved to that file, so a hand-written entry cannot pass for a tuned one.
+    Entries already in ``raw`` are kept when the file cannot be read: a config re-validated from its
+    own dump (a sweep trial in a Ray worker, whose working directory is not the project's) carries
+    them already. A params file may not write them: :func:`load_config` refuses that.
     """
     strategies = raw.get("strategies") or {}
     tuned = raw.get("tuned") or {}
@@ -722,14 +724,18 @@ def with_tuned_strategies(raw: dict[str, Any], source: Path) -> dict[str, Any]:
                 f"{path}: expected a 'strategies' mapping of NAME{TUNED_SUFFIX} entries; rewrite it with "
                 "`gil tune`"
             )
-    # A config re-validated from its own dump carries the file's entries already; others are hand-made.
-    reserved = [name for name in strategies if str(name).endswith(TUNED_SUFFIX) and name not in entries]
+    return {**raw, "strategies": {**strategies, **entries}} if entries else raw
+
+
+def _refuse_hand_made_tuned(raw: Any, source: Path) -> None:
+    """``@tuned`` names are reserved to the tuned file, so a hand-written entry cannot pass for one."""
+    strategies = raw.get("strategies") if isinstance(raw, dict) else None
+    reserved = [name for name in strategies or {} if str(name).endswith(TUNED_SUFFIX)]
     if reserved:
         raise GilError(
             f"{source}: strategies {reserved}: names ending in {TUNED_SUFFIX!r} are reserved for the tuned "
             "params file; rename them"
         )
-    return {**raw, "strategies": {**strategies, **entries}} if entries else raw
 
 
 def missing_strategy_hint(config: Config, name: str) -> str:
@@ -751,7 +757,9 @@ def load_config(path: Path | str = DEFAULT_PARAMS, setting: str | None = None) -
     path = Path(path)
     if not path.is_file():
         raise GilError(f"params file {path} not found; pass --params PATH or run from the project root")
-    return config_from_dict(_read_yaml(path), path, setting)
+    raw = _read_yaml(path)
+    _refuse_hand_made_tuned(raw, path)
+    return config_from_dict(raw, path, setting)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
