@@ -104,6 +104,17 @@ def test_cli_setting_paths_and_unknown_setting(
     ]  # the setting's three stages, in its own directory
 
 
+def test_a_setting_reports_its_suite_strategies_and_no_tuned_row(tiny_params) -> None:
+    """Tuned rows were tuned on the benchmark's split: a setting neither trains nor reports them."""
+    params = _with_settings(tiny_params)
+    params["strategies"] = {"finetune": {"kind": "finetune"}}
+    params["benchmark"] = ["finetune"]
+    params["suite"] = {"strategies": ["finetune"]}
+    params["tuned"] = {"path": None, "rows": ["finetune"]}
+    assert config_from_dict(params).report_rows == ["finetune", "finetune@tuned"]
+    assert config_from_dict(params, setting="three").report_rows == ["finetune"]
+
+
 def test_resolve_setting_leaves_the_raw_params_unchanged(tiny_params) -> None:
     params = _with_settings(tiny_params)
     before = json.dumps(params, sort_keys=True)

@@ -8,7 +8,8 @@ setting in its own directory (:func:`setting_dir`) and its own runs in one MLflo
 
 A setting is resolved on the raw params mapping, before validation: its ``dataset``, ``prepare`` and
 ``split`` mappings are merged into the base sections (mappings merge key by key; lists and values
-replace), ``suite.train`` into ``train``, ``suite.strategies`` replaces ``benchmark``, and the runs go
+replace), ``suite.train`` into ``train``, ``suite.strategies`` replaces ``benchmark`` (and no tuned
+row is reported: ``tuned.rows`` is emptied), and the runs go
 to the suite's experiment. The merged mapping is then validated as a whole config, so a bad override
 is reported with its full key like any other.
 """
@@ -61,6 +62,8 @@ def resolve_setting(raw: dict[str, Any], name: str) -> dict[str, Any]:
     resolved["train"] = merged(raw.get("train") or {}, suite.get("train") or {})
     if suite.get("strategies"):
         resolved["benchmark"] = list(suite["strategies"])
+    # The suite trains no tuned rows (they were tuned on the benchmark's split, not the setting's).
+    resolved["tuned"] = {**(raw.get("tuned") or {}), "rows": []}
     resolved["tracking"] = {**(raw.get("tracking") or {}), "experiment": suite_experiment(raw)}
     return resolved
 
