@@ -497,6 +497,20 @@ BUGS = [
         "paired_difference(per_seed[reference], per_seed[row])",
         ("test_report.py",),
     ),
+    Bug(
+        "suite: a setting keeps the benchmark's tuned rows",
+        "settings.py",
+        'resolved["tuned"] = {**(raw.get("tuned") or {}), "rows": []}',
+        'resolved["tuned"] = dict(raw.get("tuned") or {})',
+        ("test_suite.py",),
+    ),
+    Bug(
+        "config: a dumped config's tuned entries dropped where the tuned file cannot be read",
+        "config.py",
+        'return {**raw, "strategies": {**strategies, **entries}} if entries else raw',
+        'return {**raw, "strategies": {**{k: v for k, v in strategies.items() if "@" not in k}, **entries}}',
+        ("test_tuned.py",),
+    ),
 ]
 
 
