@@ -206,6 +206,52 @@ def test_new_training_keys_at_their_defaults_keep_old_checkpoints_valid(data_and
     vocab = Vocabulary.from_split(split)
     # computed by the code before the keys of TRAIN_KEYS_ADDED_LATER existed: its checkpoints still resume
     assert run_fingerprint(config, "finetune", 0, vocab, split) == "0b9cad34d772255d"
-    for key, value in (("lr_schedule", "cosine"), ("embedding_lr_scale", 3.0), ("mvc_positions", "all")):
+    for key, value in (
+        ("lr_schedule", "cosine"),
+        ("embedding_lr_scale", 3.0),
+        ("mvc_positions", "all"),
+        ("max_steps_per_stage", 5),
+    ):
         changed = make_config(train={**config.train.model_dump(), key: value})
         assert run_fingerprint(changed, "finetune", 0, vocab, split) != "0b9cad34d772255d"
+
+
+def test_a_step_cap_cuts_the_stage_short_and_is_no_cap_at_or_above_its_steps(
+    tmp_path, data_and_split
+) -> None:
+    # Stage 0 holds 64 cells: 4 batches of 16 per epoch, 2 epochs, 8 steps uncapped.
+    data, split = data_and_split
+    train = make_config().train.model_dump()
+    runs = {}
+    for name, changes in {
+        "uncapped": {},
+        "cap 5": {"max_steps_per_stage": 5},
+        "cap 8": {"max_steps_per_stage": 8},
+        "cap 100": {"max_steps_per_stage": 100},
+        "cap 4": {"max_steps_per_stage": 4},
+        "one epoch": {"epochs_per_stage": 1},
+    }.items():
+        trainer = StageTrainer(
+            make_config(train={**train, **changes}),
+            "finetune",
+            0,
+            data,
+            split,
+            tmp_path / name,
+            progress=False,
+        )
+        record = trainer.train_stage(0)
+        runs[name] = (
+            record.optimizer_steps,
+            len(record.epochs),
+            record.cells_processed,
+            model_weights(trainer),
+        )
+    assert runs["uncapped"][:3] == (8, 2, 128)
+    assert runs["cap 5"][:3] == (5, 2, 80)  # one whole epoch, then one step of the second
+    assert runs["cap 4"][:3] == (4, 1, 64)  # the cap ends the stage: no empty second epoch
+    assert same_weights(runs["cap 8"][3], runs["uncapped"][3])
+    assert same_weights(runs["cap 100"][3], runs["uncapped"][3])
+    # the same 4 steps at the same rates as a one-epoch stage (the schedule spans the capped steps)
+    assert same_weights(runs["cap 4"][3], runs["one epoch"][3])
+    assert not same_weights(runs["cap 5"][3], runs["uncapped"][3])

@@ -295,6 +295,12 @@ class TrainConfig(Section):
         "stage 0 is the pretrained model as it is, and a positive value adapts it on the base-stage cells)",
     )
     batch_size: int = Field(32, ge=1, description="cells per optimizer step")
+    max_steps_per_stage: int | None = Field(
+        None,
+        ge=1,
+        description="stop a stage after this many optimizer steps (null: whole epochs); at CELLxGENE scale "
+        "one epoch of 10^6 cells takes hours on a CPU",
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (a fresh optimizer every stage)")
     warmup_steps: int = Field(50, ge=0, description="linear warm-up steps at the start of every stage")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -431,6 +437,12 @@ class ProbeConfig(Section):
         description="inverse regularisation strengths C the linear probe chooses from (on validation folds)",
     )
     knn_k: int = Field(10, ge=1, description="neighbours of the kNN probe")
+    max_cells: int | None = Field(
+        3000,
+        ge=10,
+        description="cells per task the probes use: a seeded sample (evaluate.seed) of the task's test cells "
+        "when it has more, so probe cost stays flat in the dataset size (null: all)",
+    )
 
 
 class EvaluateConfig(Section):
@@ -448,6 +460,12 @@ class EvaluateConfig(Section):
     )
     repeats: int = Field(2, ge=1, description="evaluation passes with different masks, averaged")
     batch_size: int = Field(64, ge=1, description="cells per evaluation batch (speed, not results)")
+    max_cells: int | None = Field(
+        10_000,
+        ge=1,
+        description="held-out cells each row of R is scored on: a seeded sample (evaluate.seed) when there "
+        "are more, so evaluation cost stays flat in the dataset size (null: all)",
+    )
     probe: ProbeConfig = Field(ProbeConfig(), description="the linear and kNN probes")
 
 

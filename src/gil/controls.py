@@ -98,7 +98,9 @@ class Controls:
         sets = self.evaluator.vocab.set_of_token()
         self.forgotten_tokens = np.flatnonzero((sets >= 1) & (sets < self.last))
         # Tasks whose genes are forgotten: learned at a stage before the last.
-        self.tasks: list[Task] = [task for task in split.tasks if 0 < task.learned_at < self.last]
+        self.tasks: list[Task] = [
+            task for task in self.evaluator.inputs.tasks if 0 < task.learned_at < self.last
+        ]
 
     def _model(self, seed: int, stage: int) -> GeneTransformer:
         expected = run_fingerprint(self.config, self.strategy, seed, self.evaluator.vocab, self.split)

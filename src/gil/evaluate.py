@@ -161,8 +161,8 @@ class Evaluator:
         result = SeedEvaluation(
             *(_nan_square(n_sets) for _ in range(4)),
             seen_mse=[],
-            probes={task.name: [] for task in self.split.tasks},
-            own_probes={task.name: [] for task in self.split.tasks},
+            probes={task.name: [] for task in self.inputs.tasks},
+            own_probes={task.name: [] for task in self.inputs.tasks},
             optimizer_steps=[],
             cells_processed=[],
             stage_metrics=[],
@@ -181,7 +181,7 @@ class Evaluator:
             result.pearson[stage, : stage + 1] = row.pearson
             result.seen_mse.append(row.seen_mse)
             result.stage_metrics.append(self._stage_metrics(stage, row, reference))
-            for task in self.split.tasks:
+            for task in self.inputs.tasks:
                 probe = self.inputs.probe(self.inputs.embeddings(model, task, stage), task)
                 result.probes[task.name].append(probe)
                 own = self.own_genes_probe(model, task, stage)
@@ -390,7 +390,7 @@ def evaluate_strategy(
         )
     per_seed: dict[str, dict[str, Any]] = {}
     for seed, evaluation in evaluations:
-        per_seed[str(seed)] = evaluation.summary(split.tasks, reference)
+        per_seed[str(seed)] = evaluation.summary(evaluator.inputs.tasks, reference)
         _record_seed(tracker, config, strategy, seed, evaluation, per_seed[str(seed)], split.set_names, tags)
     per_seed = {str(seed): per_seed[str(seed)] for seed in config.train.seeds}
     document = {

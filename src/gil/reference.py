@@ -47,7 +47,7 @@ def compute_reference(config: Config, data: ProcessedData, split: Split) -> dict
     predictor = GeneMeanPredictor(gene_means(inputs.builder, training_rows)).to(inputs.device)
     row = inputs.regression(predictor, split.n_stages)
     probes: dict[str, Any] = {}
-    for task in split.tasks:
+    for task in inputs.tasks:
         results = [
             inputs.probe(_present_columns(inputs.input_expression(task, stage)), task)
             for stage in range(split.n_stages + 1)

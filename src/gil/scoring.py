@@ -7,6 +7,7 @@ take them from here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,33 @@ from gil.model import GeneTransformer
 from gil.train.loop import derive_seed, pick_device
 
 
+def sample_positions(n_items: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``limit`` of ``n_items`` items; all of them when fewer.
+
+    Why: evaluation must cost the same at 10^3 and 10^6 cells. The sample depends on the seed and
+    the count alone, so every strategy, seed and stage is scored on the same cells.
+    """
+    if limit is None or n_items <= limit:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, size=limit, replace=False))
+
+
+def capped_task(task: Task, limit: int | None, seed: int) -> Task:
+    """``task`` restricted to a seeded sample of at most ``limit`` of its cells (see above)."""
+    keep = sample_positions(len(task.cells), limit, seed)
+    if len(keep) == len(task.cells):
+        return task
+    return replace(task, cells=task.cells[keep], targets=task.targets[keep])
+
+
 class EvaluationInputs:
     """The held-out cells, batch builder, pass seeds and probe settings of one config and split.
 
     ``cells`` says which held-out cells the regression rows score: ``test`` for everything that
     reports (evaluation, reference, controls), ``validation`` for everything that selects (sweep
-    trials). Probes always use the tasks' test cells; nothing that selects runs them.
+    trials). Probes always use the tasks' test cells; nothing that selects runs them. Both are
+    capped at a seeded sample (``evaluate.max_cells``, ``evaluate.probe.max_cells``): ``tasks`` are
+    the split's tasks so capped, and every caller probes those.
     """
 
     def __init__(self, config: Config, data: ProcessedData, split: Split, cells: CellSet = "test"):
@@ -36,7 +58,13 @@ class EvaluationInputs:
         self.max_seq = config.evaluate.max_seq or config.model.resolved()["max_seq"]
         self.builder = BatchBuilder(data, self.vocab, split.cell_stages, self.max_seq)
         self.device = pick_device(config.train.device)
-        self.eval_rows = split.held_out_rows(cells)
+        cfg = config.evaluate
+        held_out = split.held_out_rows(cells)
+        self.eval_rows = held_out[sample_positions(len(held_out), cfg.max_cells, derive_seed(cfg.seed, 7))]
+        self.tasks = [
+            capped_task(task, cfg.probe.max_cells, derive_seed(cfg.seed, 8, k))
+            for k, task in enumerate(split.tasks)
+        ]
         self.pass_seeds = [derive_seed(config.evaluate.seed, r) for r in range(config.evaluate.repeats)]
 
     def regression(self, model: torch.nn.Module, stage: int) -> RegressionRow:

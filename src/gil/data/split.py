@@ -49,6 +49,7 @@ from gil.config import Config, GeneSplitConfig, SplitConfig, TaskConfig
 from gil.data.layout import EVAL_STAGE, VALIDATION_STAGE, ProcessedData, Split, Task
 from gil.data.model_vocab import match_genes
 from gil.data.prepare import RESERVED_CELL_COLUMNS
+from gil.data.rows import row_reader
 from gil.errors import GilError
 from gil.scgpt_dir import model_genes
 
@@ -108,15 +109,18 @@ def resolve_task(task: TaskConfig, cells: pd.DataFrame) -> TaskCells:
 
 
 def weighted_gene_sums(data: ProcessedData, weights: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """``weights @ X`` for ``weights`` of shape (k, n_cells), reading ``chunk_rows`` rows at a time."""
+    """``weights @ X`` for ``weights`` of shape (k, n_cells), reading ``chunk_rows`` rows at a time.
+
+    Rows are copied with positioned reads (:mod:`gil.data.rows`), not sliced from the memory map,
+    whose touched pages would stay resident: memory stays flat in the number of cells.
+    """
+    reader = row_reader(data)
     totals = np.zeros((data.n_genes, weights.shape[0]))
     for start in range(0, data.n_cells, chunk_rows):
         stop = min(start + chunk_rows, data.n_cells)
-        low, high = int(data.indptr[start]), int(data.indptr[stop])
-        block = sp.csr_matrix(
-            (data.values[low:high], data.indices[low:high], np.asarray(data.indptr[start : stop + 1]) - low),
-            shape=(stop - start, data.n_genes),
-        )
+        lengths, columns, values = reader.read(np.arange(start, stop))
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        block = sp.csr_matrix((values, columns, indptr), shape=(stop - start, data.n_genes))
         totals += block.T @ weights[:, start:stop].T
     return totals.T
 

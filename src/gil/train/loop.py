@@ -158,7 +158,12 @@ def _model_identity(config: Config) -> dict:
 
 
 # Training keys added after checkpoints existed, with the behaviour those checkpoints were trained with.
-TRAIN_KEYS_ADDED_LATER = {"lr_schedule": "constant", "embedding_lr_scale": 1.0, "mvc_positions": "masked"}
+TRAIN_KEYS_ADDED_LATER = {
+    "lr_schedule": "constant",
+    "embedding_lr_scale": 1.0,
+    "mvc_positions": "masked",
+    "max_steps_per_stage": None,
+}
 # The same for strategy parameters.
 STRATEGY_KEYS_ADDED_LATER = {"queries_per_cell": 0, "train": {}}
 
@@ -319,6 +324,9 @@ class StageTrainer:
             self.model.train()
             batches = self.strategy.epoch_batches(ctx, rng)
             stage_steps = n_epochs * len(batches)  # every epoch of a stage has as many batches
+            if train.max_steps_per_stage is not None:
+                stage_steps = min(stage_steps, train.max_steps_per_stage)
+                batches = batches[: stage_steps - record.optimizer_steps]
             # Summed on the device in float64 (same numbers as Python floats): reading a value
             # every step would wait for the GPU every step.
             sums: dict[str, torch.Tensor] = {}
@@ -359,6 +367,8 @@ class StageTrainer:
             epoch_means = {name: float(total) / max(len(batches), 1) for name, total in sums.items()}
             record.epochs.append(epoch_means)
             self.tracker.log_metrics(epoch_means, step=epoch)
+            if train.max_steps_per_stage is not None and record.optimizer_steps >= stage_steps:
+                break  # the cap is reached: the stage's last epoch was cut short
         record.seconds = time.perf_counter() - started
         record.cells_per_second = n_cells / max(record.seconds, 1e-9)
         record.cells_processed = n_cells
