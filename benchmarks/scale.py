@@ -20,6 +20,7 @@ Data of a size is deleted before the next size (``--keep`` keeps it).
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import subprocess
@@ -31,21 +32,15 @@ import numpy as np
 import psutil
 import yaml
 
-from gil.data.synthetic_scale import ScaleSpec, write_scale_h5ad
+from gil.data.synthetic_scale import ScaleSpec, write_scale_data
 
 REPO = Path(__file__).resolve().parent.parent
 GIL = [sys.executable, "-m", "gil.cli"]
 COMMANDS = ("validate", "prepare", "prepare_soma", "split", "reference", "train_base", "train", "evaluate")
 
 
-def scale_params(work: Path, raw: Path, steps: int) -> dict:
-    """The repository's params with the synthetic data, its tasks and a short training budget."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["dataset"] = {"name": "scale", "path": str(raw), "label_columns": ["cell_type", "group"]}
-    params["split"]["tasks"] = [
-        {"name": "group_a", "label": "cell_type", "column": "group", "values": ["A"]},
-        {"name": "group_b", "label": "cell_type", "column": "group", "values": ["B"]},
-    ]
+def short_run(params: dict, work: Path, steps: int) -> dict:
+    """``params`` with one seed, fine-tuning only, ``steps`` steps per stage, tracking in ``work``."""
     params["train"].update({"seeds": [0], "epochs_per_stage": 1, "max_steps_per_stage": steps})
     params["compute"]["jobs"] = 1
     params["strategies"] = {"finetune": {"kind": "finetune"}}
@@ -55,6 +50,24 @@ def scale_params(work: Path, raw: Path, steps: int) -> dict:
         params.pop(section, None)
     params["tracking"].update({"uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "gil-scale"})
     return params
+
+
+def scale_params(work: Path, raw: Path, steps: int) -> dict:
+    """The repository's params on the synthetic data, with its two tasks by cell group."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"] = {"name": "scale", "path": str(raw), "label_columns": ["cell_type", "group"]}
+    params["split"]["tasks"] = [
+        {"name": "group_a", "label": "cell_type", "column": "group", "values": ["A"]},
+        {"name": "group_b", "label": "cell_type", "column": "group", "values": ["B"]},
+    ]
+    return short_run(params, work, steps)
+
+
+def zeisel_params(work: Path, raw: Path, steps: int) -> dict:
+    """The repository's params unchanged but for the same short run: the Zeisel figures."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"]["path"] = str(raw)
+    return short_run(params, work, steps)
 
 
 def measure(args: list[str], cwd: Path) -> dict:
@@ -85,16 +98,24 @@ def disk_mib(path: Path) -> float:
 
 
 def run_size(n_cells: int, work: Path, steps: int, soma: bool) -> dict:
-    """Generate one size and run every command on it."""
+    """Generate one size (0: the embedded Zeisel data) and run every command on it."""
     directory = work / f"cells_{n_cells}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    spec = ScaleSpec(n_cells=n_cells)
     started = time.perf_counter()
-    nnz = write_scale_h5ad(spec, directory / "raw.h5ad")
-    result: dict = {"cells": n_cells, "genes": spec.n_genes, "nnz": nnz}
+    if n_cells == 0:
+        from gil.data.zeisel import write_zeisel_h5ad
+
+        write_zeisel_h5ad(directory / "raw.h5ad")
+        params = zeisel_params(directory, directory / "raw.h5ad", steps)
+        result: dict = {"cells": 3005, "genes": 4000, "dataset": "zeisel"}
+        soma = False
+    else:
+        spec = ScaleSpec(n_cells=n_cells)
+        nnz = write_scale_data(spec, directory / "raw.h5ad", directory / "raw.soma" if soma else None)
+        params = scale_params(directory, directory / "raw.h5ad", steps)
+        result = {"cells": n_cells, "genes": spec.n_genes, "nnz": nnz, "dataset": "synthetic"}
     result["generate_s"] = round(time.perf_counter() - started, 1)
-    params = scale_params(directory, directory / "raw.h5ad", steps)
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = ["-p", "params.yaml"]
     commands = {
@@ -107,12 +128,14 @@ def run_size(n_cells: int, work: Path, steps: int, soma: bool) -> dict:
         "evaluate": ["evaluate", *p, "-s", "finetune"],
     }
     if soma:
-        from gil.data.synthetic_scale import write_scale_soma
-
-        write_scale_soma(spec, directory / "raw.soma")
         soma_params = {
             **params,
-            "dataset": {**params["dataset"], "path": str(directory / "raw.soma"), "soma": {"layer": "raw"}},
+            "dataset": {
+                **params["dataset"],
+                "path": str(directory / "raw.soma"),
+                "gene_column": "feature_name",
+                "soma": {"layer": "raw"},
+            },
         }
         (directory / "params_soma.yaml").write_text(yaml.safe_dump(soma_params, sort_keys=False))
         commands["prepare_soma"] = ["prepare", "-p", "params_soma.yaml", "--out", "data/processed_soma"]
@@ -123,6 +146,14 @@ def run_size(n_cells: int, work: Path, steps: int, soma: bool) -> dict:
                 f"{n_cells:>9} {name:<13} {result[name]['s']:>8.1f} s {result[name]['rss_mib']:>7} MiB",
                 flush=True,
             )
+    result.setdefault("nnz", json.loads((directory / "data/processed/prepare.json").read_text())["nnz"])
+    if soma:  # the two routes must give the same processed arrays
+        result["soma_identical"] = all(
+            filecmp.cmp(
+                directory / "data/processed" / name, directory / "data/processed_soma" / name, shallow=False
+            )
+            for name in ("indptr.npy", "indices.npy", "values.npy", "genes.tsv", "cells.tsv")
+        )
     result["disk_mib"] = {
         name: round(disk_mib(directory / path))
         for name, path in (
@@ -137,11 +168,17 @@ def run_size(n_cells: int, work: Path, steps: int, soma: bool) -> dict:
     return result
 
 
+def _synthetic(results: list[dict]) -> list[dict]:
+    return [r for r in results if r["dataset"] == "synthetic"]
+
+
 def fitted_exponents(results: list[dict], from_cells: int = 100_000) -> dict[str, float]:
     """Per command, the slope of log(time) on log(cells) over the sizes from ``from_cells`` up."""
     exponents = {}
     for name in COMMANDS:
-        points = [(r["cells"], r[name]["s"]) for r in results if name in r and r["cells"] >= from_cells]
+        points = [
+            (r["cells"], r[name]["s"]) for r in _synthetic(results) if name in r and r["cells"] >= from_cells
+        ]
         if len(points) >= 2:
             x, y = np.log([c for c, _ in points]), np.log([max(s, 0.1) for _, s in points])
             exponents[name] = round(float(np.polyfit(x, y, 1)[0]), 2)
@@ -159,7 +196,8 @@ def table(results: list[dict], exponents: dict[str, float]) -> str:
         )
         disk = r["disk_mib"]
         lines.append(
-            f"| {r['cells']:,} ({r['nnz'] / 1e6:.0f} M) | {cells} | "
+            f"| {'Zeisel ' if r['dataset'] == 'zeisel' else ''}{r['cells']:,} ({r['nnz'] / 1e6:.1f} M) | "
+            f"{cells} | "
             f"{disk.get('raw_h5ad', 0) / 1024:.2f} GB, {disk.get('processed', 0) / 1024:.2f} GB |"
         )
     lines.append(
@@ -179,13 +217,13 @@ def plot(results: list[dict], out: Path) -> None:
 
     fig, (ax_time, ax_rss) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name in COMMANDS:
-        points = [(r["cells"], r[name]) for r in results if name in r]
+        points = [(r["cells"], r[name]) for r in _synthetic(results) if name in r]
         if not points:
             continue
         cells = [c for c, _ in points]
         ax_time.plot(cells, [m["s"] for _, m in points], marker="o", label=name)
         ax_rss.plot(cells, [m["rss_mib"] / 1024 for _, m in points], marker="o", label=name)
-    xs = np.array([r["cells"] for r in results], dtype=float)
+    xs = np.array([r["cells"] for r in _synthetic(results)], dtype=float)
     ax_time.plot(xs, 10 * xs / xs[0], "k:", label="linear")
     for ax, label in ((ax_time, "wall time (s)"), (ax_rss, "peak RSS (GiB)")):
         ax.set_xscale("log")
@@ -203,7 +241,13 @@ def plot(results: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[30_000, 100_000, 300_000, 1_000_000])
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[0, 30_000, 100_000, 300_000, 1_000_000],
+        help="numbers of cells; 0 runs the embedded Zeisel data (3,005 cells) with the same short run",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/gil-scale"))
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per training stage")
     parser.add_argument("--json", type=Path, help="write all figures here")

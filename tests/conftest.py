@@ -194,10 +194,11 @@ def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-def init_project(repo: Path, h5ad: Path, pipeline_file: str, pipeline: dict, params: dict) -> dict:
+def init_project(repo: Path, data: Path, pipeline_file: str, pipeline: dict, params: dict) -> dict:
     """A new git + DVC repo ``repo`` holding ``pipeline`` (at ``pipeline_file``), ``params`` (with
-    ``h5ad`` copied to ``raw.h5ad``, tracked by DVC), copies of the project's source files the pipeline
-    depends on and a local DVC remote beside the repo; committed. Returns the environment to run in."""
+    ``data``, an .h5ad or a SOMA experiment's directory, copied to ``raw.h5ad`` or ``raw.soma`` and
+    tracked by DVC), copies of the project's source files the pipeline depends on and a local DVC
+    remote beside the repo; committed. Returns the environment to run in."""
     import shutil
 
     import yaml
@@ -216,9 +217,10 @@ def init_project(repo: Path, h5ad: Path, pipeline_file: str, pipeline: dict, par
     env.pop("MLFLOW_TRACKING_URI", None)
     (repo / pipeline_file).parent.mkdir(parents=True, exist_ok=True)
     (repo / pipeline_file).write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    shutil.copy(h5ad, repo / "raw.h5ad")
+    raw = "raw.soma" if data.is_dir() else "raw.h5ad"
+    (shutil.copytree if data.is_dir() else shutil.copy)(data, repo / raw)
     (repo / "params.yaml").write_text(
-        yaml.safe_dump({**params, "dataset": {**params["dataset"], "path": "raw.h5ad"}}, sort_keys=False)
+        yaml.safe_dump({**params, "dataset": {**params["dataset"], "path": raw}}, sort_keys=False)
     )
     for source in _source_deps(pipeline):  # the pipeline depends on these files of the project
         target = repo / source
@@ -231,7 +233,7 @@ def init_project(repo: Path, h5ad: Path, pipeline_file: str, pipeline: dict, par
     _run_checked(["git", "init", "-q"], repo, env)
     _run_checked([*dvc, "init", "-q"], repo, env)
     _run_checked([*dvc, "remote", "add", "-d", "local", str(repo.parent / "remote")], repo, env)
-    _run_checked([*dvc, "add", "-q", "raw.h5ad"], repo, env)
+    _run_checked([*dvc, "add", "-q", raw], repo, env)
     _run_checked(["git", "add", "-A"], repo, env)
     _run_checked(["git", "commit", "-qm", "init"], repo, env)
     return env
@@ -242,18 +244,19 @@ def tracked_to(repo: Path) -> dict:
     return {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}
 
 
-def build_tiny_project(repo: Path, h5ad: Path, customise: Callable[[dict, Path], None] | None = None) -> dict:
-    """Run the project's pipeline (minus the Zeisel stage) on ``h5ad`` in a new repo (:func:`init_project`)
-    with tiny params and tracking to ``repo/mlruns/mlflow.db``. ``customise(params, repo)`` may change
-    the params and add files before the first commit. Returns the environment it ran with."""
+def build_tiny_project(repo: Path, data: Path, customise: Callable[[dict, Path], None] | None = None) -> dict:
+    """Run the project's pipeline (minus the Zeisel stage) on ``data`` (an .h5ad or a SOMA experiment)
+    in a new repo (:func:`init_project`) with tiny params and tracking to ``repo/mlruns/mlflow.db``.
+    ``customise(params, repo)`` may change the params and add files before the first commit. Returns
+    the environment it ran with."""
     import yaml
 
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     del pipeline["stages"]["zeisel"]
-    params = {**tiny_pipeline_params(h5ad), "tracking": tracked_to(repo)}
+    params = {**tiny_pipeline_params(data), "tracking": tracked_to(repo)}
     if customise is not None:
         customise(params, repo)
-    env = init_project(repo, h5ad, "dvc.yaml", pipeline, params)
+    env = init_project(repo, data, "dvc.yaml", pipeline, params)
     _run_checked([sys.executable, "-m", "dvc", "repro"], repo, env)
     return env
 

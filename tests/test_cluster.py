@@ -249,30 +249,65 @@ def test_the_grid_on_two_nodes_gives_the_local_results(cluster: RayNodes, on_dis
 
     data, split = on_disk
     documents, uris = {}, {}
-    runner = RayRunner(_config(backend="ray").compute)
-    for backend, run in (("local", None), ("ray", runner)):
+    runners = {
+        "ray": RayRunner(_config(backend="ray").compute),  # data through the object store
+        "shared": RayRunner(_config(backend="ray", data="shared_path").compute),  # read where it lies
+    }
+    for backend, run in (("local", None), *runners.items()):
         uris[backend] = f"sqlite:///{tmp_path / backend / 'mlflow.db'}"
         with isolated_mlflow():
             tracker = MlflowTracker(uris[backend], "gil-test")
             documents[backend] = _train_and_evaluate(
-                _config(backend=backend), data, split, tmp_path / backend, tracker, run
+                _config(backend="local" if run is None else "ray"),
+                data,
+                split,
+                tmp_path / backend,
+                tracker,
+                run,
             )
-    nodes = {placement.node_id for placement in runner.placements}
-    assert len(nodes) == 2, "the tasks must have run on both nodes"
-    assert len(runner.placements) == 2 + 4 + 4  # base, grid, evaluation
-    assert {p.device for p in runner.placements} == {"cpu"}
-    for name in GRID:
-        assert dumps_json(documents["local"][name]) == dumps_json(documents["ray"][name])
+    for runner in runners.values():
+        nodes = {placement.node_id for placement in runner.placements}
+        assert len(nodes) == 2, "the tasks must have run on both nodes"
+        assert len(runner.placements) == 2 + 4 + 4  # base, grid, evaluation
+        assert {p.device for p in runner.placements} == {"cpu"}
+    assert {p.data for p in runners["ray"].placements} == {"object store"}
+    assert {p.data for p in runners["shared"].placements} == {str(data.source.resolve())}
+    local_layout = _layout(uris["local"])
+    for backend in runners:
+        for name in GRID:
+            assert dumps_json(documents["local"][name]) == dumps_json(documents[backend][name])
+            for seed in (0, 1):
+                local = _payloads(tmp_path / "local", name, seed, 3)
+                remote = _payloads(tmp_path / backend, name, seed, 3)
+                assert all(_same_payload(a, b) for a, b in zip(local, remote, strict=True))
         for seed in (0, 1):
-            local = _payloads(tmp_path / "local", name, seed, 3)
-            remote = _payloads(tmp_path / "ray", name, seed, 3)
-            assert all(_same_payload(a, b) for a, b in zip(local, remote, strict=True))
-    for seed in (0, 1):
-        assert _same_payload(*(_payloads(tmp_path / b, "base", seed, 1)[0] for b in ("local", "ray")))
-    local_layout, ray_layout = _layout(uris["local"]), _layout(uris["ray"])
-    assert len([key for key in ray_layout["runs"] if key[0] == "parent"]) == 4
-    assert len([key for key in ray_layout["runs"] if key[0] == "stage"]) == 12
-    assert local_layout == ray_layout
+            assert _same_payload(*(_payloads(tmp_path / b, "base", seed, 1)[0] for b in ("local", backend)))
+        ray_layout = _layout(uris[backend])
+        assert len([key for key in ray_layout["runs"] if key[0] == "parent"]) == 4
+        assert len([key for key in ray_layout["runs"] if key[0] == "stage"]) == 12
+        assert local_layout == ray_layout
+
+
+def test_tasks_read_large_data_where_it_lies_and_small_data_through_the_object_store(on_disk) -> None:
+    from gil.cluster.runner import _shared_data, data_mode
+
+    data, _ = on_disk
+    size_gib = sum(p.stat().st_size for p in data.source.glob("*.npy")) / 2**30
+    assert data_mode(_config(backend="ray").compute, data.source) == "object_store"
+    below = _config(backend="ray", shared_data_above_gib=size_gib * 0.9).compute
+    above = _config(backend="ray", shared_data_above_gib=size_gib * 1.1).compute
+    assert data_mode(below, data.source) == "shared_path"
+    assert data_mode(above, data.source) == "object_store"
+    assert data_mode(
+        _config(backend="ray", data="object_store", shared_data_above_gib=1e-9).compute, data.source
+    ) == ("object_store")
+    assert data_mode(_config(backend="ray", data="shared_path").compute, data.source) == "shared_path"
+    assert data_mode(below, None) == "object_store"  # built in memory: it has no path
+    with pytest.raises(GilError, match="shared_path needs processed data loaded from a directory"):
+        data_mode(_config(backend="ray", data="shared_path").compute, None)
+    with pytest.raises(GilError, match=r"is not visible on node .*set compute.data: object_store"):
+        _shared_data(data.source.parent / "elsewhere")
+    assert _shared_data(data.source) == data.source
 
 
 def _watch_and_kill(nodes: RayNodes, scratch: Path) -> tuple[threading.Thread, list[int], dict[Path, set]]:

@@ -1,4 +1,4 @@
-"""Import boundaries: the core never pulls in MLflow or Ray (architecture rule)."""
+"""Import boundaries: the core never pulls in MLflow, Ray or tiledbsoma (architecture rule)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ CORE = [
     "gil",
     "gil.config",
     "gil.data.prepare",
+    "gil.data.source",
     "gil.data.split",
     "gil.data.batches",
     "gil.model",
@@ -112,6 +113,25 @@ def test_only_the_sweep_and_cluster_packages_import_ray() -> None:
         if any(name == "ray" or name.startswith("ray.") for name in names)
     }
     assert importers == {"sweep", "cluster"}
+
+
+def test_tiledbsoma_is_imported_lazily_only(loaded) -> None:
+    """tiledbsoma (and cellxgene_census) are optional: no module imports them at its top level, so the
+    core and the CLI load without them (gil/data/soma.py imports them when a SOMA source is opened)."""
+    root = Path(gil.__file__).parent
+    at_top = {
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        and any(
+            name.split(".")[0] in ("tiledbsoma", "cellxgene_census")
+            for name in [getattr(node, "module", None) or "", *(alias.name for alias in node.names)]
+        )
+    }
+    assert at_top == set()
+    assert "tiledbsoma" in _package_sources()[Path("data/soma.py")]
+    assert "tiledbsoma" not in _top_level(loaded["core"] | loaded["cli_and_config"])
 
 
 def test_the_strategy_registry_does_not_import_the_config() -> None:

@@ -14,7 +14,7 @@ from factories import make_config, make_processed, make_split
 from gil.data.io import open_h5ad, scan_values
 from gil.data.layout import ProcessedData
 from gil.data.split import weighted_gene_sums
-from gil.data.synthetic_scale import ScaleSpec, count_chunks, obs_table, write_scale_h5ad
+from gil.data.synthetic_scale import ScaleSpec, count_chunks, obs_table, write_scale_data
 from gil.reference import compute_reference
 from gil.scoring import EvaluationInputs, capped_task, sample_positions
 
@@ -93,7 +93,7 @@ def test_weighted_gene_sums_from_files_and_arrays_equal_the_dense_product(
 def test_scale_data_has_realistic_sparsity_markers_and_integer_counts(tmp_path: Path) -> None:
     spec = ScaleSpec(n_cells=1_500, n_genes=4_000, reads_per_cell=500, n_markers=50, chunk_cells=400)
     path = tmp_path / "scale.h5ad"
-    nnz = write_scale_h5ad(spec, path)
+    nnz = write_scale_data(spec, path)
     with open_h5ad(path) as source:
         assert (source.n_cells, source.n_genes) == (1_500, 4_000)
         assert scan_values(source, 500).value_type == "integer counts"

@@ -25,19 +25,62 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SomaConfig(Section):
+    """A TileDB-SOMA experiment as the dataset (``dataset.soma``): which cells and which matrix to read."""
+
+    measurement: str = Field("RNA", description="the experiment's measurement (ms) holding the counts")
+    layer: str = Field("raw", description="the measurement's X layer of raw counts")
+    obs_filter: str | None = Field(
+        None,
+        description="obs value filter selecting the cells, e.g. \"tissue_general == 'brain' and "
+        'is_primary_data == True" (null: all cells)',
+    )
+    census_version: str | None = Field(
+        None,
+        description="a CELLxGENE Census release (e.g. '2025-01-30'): read the Census (network, needs "
+        "cellxgene-census) instead of dataset.path",
+    )
+    organism: str = Field("homo_sapiens", description="census_version only: the Census experiment read")
+
+
 class DatasetConfig(Section):
-    """Where the raw ``.h5ad`` is and how to read it."""
+    """Where the raw data is (an ``.h5ad`` file or a SOMA experiment) and how to read it."""
 
     name: str = Field("dataset", description="the dataset's name; the MLflow experiment is gil-<name>")
-    path: Path = Field(description="the raw .h5ad file (raw counts in X or in counts_layer)")
-    counts_layer: str | None = Field(None, description="layer holding the raw counts (null: counts are in X)")
+    # A string, not a Path: a SOMA URI such as s3://bucket/experiment must keep its '//'.
+    path: str = Field(
+        description="the raw .h5ad file (raw counts in X or in counts_layer), or with dataset.soma the "
+        "SOMA experiment's URI (a local directory or any URI tiledbsoma opens)"
+    )
+    counts_layer: str | None = Field(
+        None, description="layer holding the raw counts (null: counts are in X); .h5ad only"
+    )
     gene_column: str | None = Field(
-        None, description="var column of gene symbols (null: gene names are var_names)"
+        None,
+        description="var column of gene symbols (null: gene names are var_names; a SOMA experiment has "
+        "none, so name its column, e.g. CELLxGENE Census's feature_name)",
     )
     label_columns: list[str] = Field(
         default_factory=list,
         description="obs columns kept as cell labels, for tasks, probes and replay balancing",
     )
+    soma: SomaConfig | None = Field(
+        None, description="read a TileDB-SOMA experiment (or the CELLxGENE Census) instead of an .h5ad"
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _counts_layer_is_h5ad_only(self) -> DatasetConfig:
+        if self.soma is not None and self.counts_layer is not None:
+            raise ValueError(
+                "counts_layer is an .h5ad setting; with dataset.soma name the X layer of raw counts in "
+                "dataset.soma.layer and set counts_layer: null"
+            )
+        return self
 
 
 class PrepareConfig(Section):
@@ -395,6 +438,19 @@ class ComputeConfig(Section):
         description="ray backend: retries of a task whose worker or node died (it resumes from its last "
         "finished "
         "stage on the same node, or anywhere when scratch_path is shared by every node)",
+    )
+    data: Literal["auto", "object_store", "shared_path"] = Field(
+        "auto",
+        description="ray backend: how tasks get the processed data: object_store (the driver ships the "
+        "arrays once per command; nodes need no shared filesystem), shared_path (tasks read them from the "
+        "processed directory, which every node must see at the same path), auto (shared_path when the "
+        "arrays exceed shared_data_above_gib)",
+    )
+    shared_data_above_gib: float = Field(
+        1.0,
+        gt=0,
+        description="ray backend, data auto: the size of processed arrays above which tasks read them "
+        "from the shared path",
     )
     scratch_path: str | None = Field(
         None,

@@ -117,7 +117,8 @@ def runner_of(config):  # noqa: ANN001, ANN202 - Config -> Iterator[Runner | Non
         for placement in runner.placements:
             typer.echo(
                 f"{placement.strategy or 'base'} seed {placement.seed}: ran on node "
-                f"{nodes.index(placement.node_id) + 1}/{len(nodes)} ({placement.node_ip}, {placement.device})"
+                f"{nodes.index(placement.node_id) + 1}/{len(nodes)} "
+                f"({placement.node_ip}, {placement.device}, data from {placement.data})"
             )
 
 

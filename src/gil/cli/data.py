@@ -24,7 +24,12 @@ from gil.errors import GilError
 
 @app.command()
 def validate(
-    path: Annotated[Path, typer.Argument(help="An .h5ad file to check.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="An .h5ad file, or a SOMA experiment's directory or URI (read with dataset.soma's settings)."
+        ),
+    ],
     params: Annotated[
         Path | None,
         typer.Option(
@@ -34,14 +39,18 @@ def validate(
         ),
     ] = None,
 ) -> None:
-    """Check an .h5ad file, print a summary, and fail (status 2) if `gil prepare` would refuse it."""
-    from gil.data.io import describe_h5ad
+    """Check an .h5ad file or a SOMA experiment, print a summary, and fail (status 2) if `gil prepare`
+    would refuse it."""
+    from gil.config import PrepareConfig
     from gil.data.prepare import refusal
+    from gil.data.source import dataset_to_validate, describe
 
     if params is None and DEFAULT_PARAMS.is_file():
         params = DEFAULT_PARAMS
-    typer.echo(describe_h5ad(path))
-    problem = refusal(path, config_of(params) if params is not None else None)
+    config = config_of(params) if params is not None else None
+    dataset = dataset_to_validate(path, config.dataset if config is not None else None)
+    typer.echo(describe(dataset))
+    problem = refusal(dataset, config.prepare if config is not None else PrepareConfig())
     settings = f"the settings in {params}" if params is not None else "default dataset settings"
     if problem:
         raise GilError(f"gil prepare would refuse this file with {settings}: {problem}")
@@ -54,7 +63,8 @@ def prepare(
     out: Annotated[Path | None, typer.Option(help="Processed data directory.")] = None,
     setting: SettingOption = None,
 ) -> None:
-    """QC-filter and log1p-transform (or bin, prepare.values) the raw .h5ad into memory-mappable arrays."""
+    """QC-filter and log1p-transform (or bin, prepare.values) the raw counts (an .h5ad or a SOMA
+    experiment, dataset.soma) into memory-mappable arrays."""
     from gil.data.prepare import run_prepare
 
     run_prepare(config_of(params, setting), path_or_default(out, PROCESSED, setting))

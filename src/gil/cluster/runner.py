@@ -4,9 +4,14 @@
 hands it the same jobs and work functions it gives to local worker processes, and records what
 comes back exactly as it records a local worker's result. Decisions (why):
 
-* **Data through Ray's object store.** The driver puts the processed data and the split once per
-  command; every task on a node maps the same read-only copy. Nodes need ``gil`` installed, not
-  the data, and no shared filesystem.
+* **Data through Ray's object store, or read where it lies.** By default the driver puts the
+  processed data and the split once per command; every task on a node maps the same read-only
+  copy, so nodes need ``gil`` installed, not the data, and no shared filesystem. At CELLxGENE
+  scale that copy (~8 GB of values and indices at 10^6 cells) outgrows the object store and is
+  sent to every node, so with ``compute.data: shared_path`` (or ``auto`` above
+  ``compute.shared_data_above_gib``) tasks get the processed directory's absolute path instead and
+  read their batches from it with positioned reads (:mod:`gil.data.rows`): every node must see
+  that path (a shared filesystem), and a node that does not fails its task in one line.
 * **Checkpoints travel as bytes.** A task takes its input checkpoints with it (the seed's finished
   stages when resuming, its base stage) and returns the stages it wrote; the driver writes them
   atomically into its own output directories, so ``dvc repro`` on the head owns every output and
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -58,6 +64,7 @@ class Placement:
     node_id: str
     node_ip: str
     device: str
+    data: str  # "object store", or the shared path the task read the processed data from
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ def _run_task(
             if not target.exists():  # a retry keeps what its first attempt had
                 with atomic_file(target) as tmp:
                     tmp.write_bytes(payload)
-        local = replace(job.moved_to(root), data=ray.get(job.data), split=ray.get(job.split), device=device)
+        data = _shared_data(job.data) if isinstance(job.data, Path) else ray.get(job.data)
+        local = replace(job.moved_to(root), data=data, split=ray.get(job.split), device=device)
         result = work(local)
         run = root / SHIPPED_RUN
         outputs = {
@@ -98,9 +106,45 @@ def _run_task(
         _remove_scratch(root)
     context = ray.get_runtime_context()
     placement = Placement(
-        label, job.strategy_name, job.seed, context.get_node_id(), ray.util.get_node_ip_address(), device
+        label,
+        job.strategy_name,
+        job.seed,
+        context.get_node_id(),
+        ray.util.get_node_ip_address(),
+        device,
+        str(job.data) if isinstance(job.data, Path) else "object store",
     )
     return _TaskResult(result, outputs, placement)
+
+
+def _shared_data(directory: Path) -> Path:
+    """The processed directory a task reads in place; one line if this node does not see it."""
+    if not (directory / "indptr.npy").is_file():
+        raise GilError(
+            f"compute.data shared_path: {directory} is not visible on node {ray.util.get_node_ip_address()}; "
+            "put the processed data on a filesystem every node mounts at that path, or set compute.data: "
+            "object_store"
+        )
+    return directory
+
+
+PROCESSED_ARRAYS = ("indptr.npy", "indices.npy", "values.npy")
+
+
+def data_mode(compute: ComputeConfig, directory: Path | None) -> str:
+    """``object_store`` or ``shared_path``: how tasks get processed data loaded from ``directory``.
+
+    ``auto`` reads it in place once its arrays exceed ``compute.shared_data_above_gib``; data built
+    in memory (no directory) can only travel through the object store.
+    """
+    if compute.data == "shared_path" and directory is None:
+        raise GilError(
+            "compute.data shared_path needs processed data loaded from a directory; use object_store"
+        )
+    if compute.data != "auto" or directory is None:
+        return compute.data if directory is not None else "object_store"
+    size = sum((directory / name).stat().st_size for name in PROCESSED_ARRAYS)
+    return "shared_path" if size > compute.shared_data_above_gib * 2**30 else "object_store"
 
 
 def _remove_scratch(root: Path) -> None:
@@ -125,6 +169,23 @@ class RayRunner:
     command: str = field(default_factory=lambda: uuid.uuid4().hex[:12], init=False)  # names scratch dirs
     _shared: dict[Any, tuple[Any, ray.ObjectRef]] = field(default_factory=dict, init=False)
     _calls: int = field(default=0, init=False)
+    _announced: set[Path] = field(default_factory=set, init=False)
+
+    def _data(self, data: Any) -> ray.ObjectRef | Path:
+        """What a task gets for the processed data: an object-store reference, or the shared path."""
+        directory = data if isinstance(data, Path) else data.source
+        if data_mode(self.compute, directory) == "object_store":
+            return self._put(data)
+        shared = directory.resolve()
+        if shared not in self._announced:
+            self._announced.add(shared)
+            size = sum((shared / name).stat().st_size for name in PROCESSED_ARRAYS) / 2**30
+            print(
+                f"Ray tasks read the processed data ({size:.2f} GiB) from {shared} (compute.data "
+                f"{self.compute.data}): every node must see this path",
+                file=sys.stderr,
+            )
+        return shared
 
     def _put(self, value: Any) -> ray.ObjectRef:
         """``value`` in the object store, once per command (data loaded from a path is put by path)."""
@@ -164,7 +225,7 @@ class RayRunner:
         )
         pending: dict[ray.ObjectRef, SeedJob] = {}
         for job in jobs:
-            shipped = replace(job, data=self._put(job.data), split=self._put(job.split))
+            shipped = replace(job, data=self._data(job.data), split=self._put(job.split))
             files = {name: path.read_bytes() for name, path in job.inputs().items()}
             key = f"{self.command}/{self._calls}/{job.strategy_name or 'base'}-seed{job.seed}"
             pending[task.remote(work, shipped, files, self.compute.scratch_path, key, label)] = job

@@ -1,4 +1,9 @@
-"""``gil prepare``: quality control and log1p transform of a raw ``.h5ad`` into the processed layout.
+"""``gil prepare``: quality control and log1p transform of raw counts into the processed layout.
+
+The counts come from an ``.h5ad`` or a SOMA experiment (:func:`gil.data.source.open_source`); both
+give the same row chunks, so the processed arrays do not depend on the source. ``prepare.json``
+records the source (:meth:`~gil.data.source.MatrixSource.identity`) and a content hash of what was
+read (:class:`gil.data.io.ContentHash`, the matrix and the gene and cell names).
 
 Why streaming: single-cell files can hold millions of cells. The input is read in row chunks twice
 and the output arrays are written chunk by chunk into memory-mapped ``.npy`` files inside the
@@ -36,7 +41,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from gil.config import Config, DatasetConfig, PrepareConfig
-from gil.data.io import H5adMatrix, ValueStats, gene_names, label_table, open_h5ad
+from gil.data.io import ContentHash, ValueStats, gene_names, label_table
+from gil.data.source import MatrixSource, open_source
 from gil.errors import GilError
 from gil.files import atomic_dir, dumps_json
 from gil.scgpt_dir import binned_values
@@ -53,6 +59,7 @@ class QcCounts:
     gene_cells: np.ndarray
     gene_totals: np.ndarray
     stats: ValueStats
+    content: ContentHash
 
     @property
     def nnz(self) -> int:
@@ -60,21 +67,26 @@ class QcCounts:
         return int(self.gene_cells[self.gene_keep].sum())
 
 
-def count_pass(source: H5adMatrix, options: PrepareConfig) -> QcCounts:
-    """Pass 1: validate values and apply the QC thresholds (cells first, then genes on kept cells)."""
-    stats = ValueStats(source.path, source.where)
+def count_pass(source: MatrixSource, options: PrepareConfig) -> QcCounts:
+    """Pass 1: validate values, hash them and apply the QC thresholds (cells first, then genes on
+    kept cells)."""
+    stats = ValueStats(source.path, source.where, source.counts_fix)
+    content = ContentHash()
     cell_keep = np.zeros(source.n_cells, dtype=bool)
     gene_cells = np.zeros(source.n_genes, dtype=np.int64)
     gene_totals = np.zeros(source.n_genes, dtype=np.float64)
     for first_row, chunk in source.chunks(options.chunk_size):
         stats.update(first_row, chunk)
+        content.update(chunk)
         keep = np.diff(chunk.indptr) >= options.min_genes_per_cell
         cell_keep[first_row : first_row + chunk.shape[0]] = keep
         kept = chunk[keep]
         gene_cells += np.bincount(kept.indices, minlength=source.n_genes)
         gene_totals += np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes)
     stats.require_counts()
-    return QcCounts(cell_keep, gene_cells >= options.min_cells_per_gene, gene_cells, gene_totals, stats)
+    return QcCounts(
+        cell_keep, gene_cells >= options.min_cells_per_gene, gene_cells, gene_totals, stats, content
+    )
 
 
 def transform(counts: sp.csr_matrix, normalize_total: float | None) -> np.ndarray:
@@ -148,7 +160,7 @@ class _NpyWriter:
 
 
 def write_matrix_pass(
-    source: H5adMatrix, qc: QcCounts, options: PrepareConfig, directory: Path, n_bins: int | None = None
+    source: MatrixSource, qc: QcCounts, options: PrepareConfig, directory: Path, n_bins: int | None = None
 ) -> np.ndarray:
     """Pass 2: write ``indptr/indices/values.npy`` of the filtered, transformed matrix into ``directory``.
 
@@ -199,7 +211,7 @@ def _check_not_empty(qc: QcCounts, options: PrepareConfig) -> None:
 
 
 def _checked_source(
-    source: H5adMatrix, dataset: DatasetConfig, options: PrepareConfig
+    source: MatrixSource, dataset: DatasetConfig, options: PrepareConfig
 ) -> tuple[np.ndarray, pd.DataFrame, QcCounts]:
     """Every check of the input that ``gil prepare`` makes before writing anything: the gene
     names, label columns, raw counts and QC leaving cells and genes; raises :class:`GilError`."""
@@ -210,28 +222,28 @@ def _checked_source(
     return genes, labels, qc
 
 
-def refusal(path: Path, config: Config | None) -> str | None:
-    """Why ``gil prepare`` would refuse ``path`` under ``config``'s dataset and prepare settings
-    (the defaults when None), or None if it would accept it: ``gil validate`` fails on it.
+def refusal(dataset: DatasetConfig, options: PrepareConfig) -> str | None:
+    """Why ``gil prepare`` would refuse ``dataset``'s source under these settings, or None if it
+    would accept it: ``gil validate`` fails on it.
 
     The same checks as :func:`run_prepare`, so the two commands can never disagree.
     """
-    dataset = config.dataset if config is not None else DatasetConfig(path=path)
-    options = config.prepare if config is not None else PrepareConfig()
     try:
         _check_label_columns(dataset.label_columns)
-        with open_h5ad(path, dataset.counts_layer) as source:
+        with open_source(dataset) as source:
             _checked_source(source, dataset, options)
     except GilError as error:
         return str(error)
     return None
 
 
-def _summary(config: Config, source: H5adMatrix, qc: QcCounts) -> dict:
+def _summary(config: Config, source: MatrixSource, genes: np.ndarray, qc: QcCounts) -> dict:
     values, n_bins = value_representation(config)
     transform = "log1p" if config.prepare.normalize_total is None else "normalize_total, log1p"
     return {
-        "input": str(config.dataset.path),
+        "input": str(source.path),
+        "source": source.identity(),
+        "content_sha256": qc.content.hexdigest(genes, source.obs.index),
         "matrix": source.where,
         "value_type": qc.stats.value_type,
         "cells_before": source.n_cells,
@@ -262,12 +274,12 @@ def summary_line(summary: dict, out_dir: Path) -> str:
 
 
 def run_prepare(config: Config, out_dir: Path) -> None:
-    """QC-filter and transform ``config.dataset.path`` into ``out_dir`` (atomically); print a summary."""
+    """QC-filter and transform ``config.dataset``'s source into ``out_dir`` (atomically); print a summary."""
     dataset, options = config.dataset, config.prepare
     _check_label_columns(dataset.label_columns)
-    with open_h5ad(dataset.path, dataset.counts_layer) as source:
+    with open_source(dataset) as source:
         genes, labels, qc = _checked_source(source, dataset, options)
-        summary = _summary(config, source, qc)
+        summary = _summary(config, source, genes, qc)
         with atomic_dir(out_dir) as tmp:
             n_genes = write_matrix_pass(source, qc, options, tmp, summary["n_bins"])
             cells = pd.DataFrame({"cell": source.obs.index.astype(str)[qc.cell_keep], "n_genes": n_genes})

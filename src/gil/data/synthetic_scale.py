@@ -112,8 +112,63 @@ def count_chunks(spec: ScaleSpec) -> Iterator[tuple[int, sp.csr_matrix]]:
         yield start, _count_chunk(types[start : start + spec.chunk_cells], cdfs, spec, rng)
 
 
-def write_scale_h5ad(spec: ScaleSpec, path: Path) -> int:
-    """Write the data as an ``.h5ad`` (CSR ``X``), chunk by chunk and atomically; return the nnz."""
+class _SomaWriter:
+    """A SOMA experiment (measurement ``RNA``, X layer ``raw``) written chunk by chunk.
+
+    The layout is what ``tiledbsoma.io.from_anndata`` writes (obs with ``obs_id``, var with
+    ``var_id``), plus var ``feature_name`` as in CELLxGENE Census.
+    """
+
+    def __init__(self, spec: ScaleSpec, uri: Path):
+        import pyarrow as pa
+        import tiledbsoma as soma
+
+        self.pa = pa
+        obs = obs_table(spec)
+        obs_arrow = pa.table(
+            {
+                "soma_joinid": pa.array(np.arange(spec.n_cells), pa.int64()),
+                "obs_id": pa.array(obs.index.astype(str)),
+                **{column: pa.array(obs[column].astype(str)) for column in obs.columns},
+            }
+        )
+        names = pa.array(spec.gene_names())
+        var_arrow = pa.table(
+            {
+                "soma_joinid": pa.array(np.arange(spec.n_genes), pa.int64()),
+                "var_id": names,
+                "feature_name": names,
+            }
+        )
+        self.experiment = soma.Experiment.create(str(uri))
+        self.experiment.add_new_dataframe(
+            "obs", schema=obs_arrow.schema, domain=[(0, spec.n_cells - 1)]
+        ).write(obs_arrow)
+        rna = self.experiment.add_new_collection("ms").add_new_collection("RNA", soma.Measurement)
+        rna.add_new_dataframe("var", schema=var_arrow.schema, domain=[(0, spec.n_genes - 1)]).write(var_arrow)
+        self.layer = rna.add_new_collection("X").add_new_sparse_ndarray(
+            "raw", type=pa.float32(), shape=(spec.n_cells, spec.n_genes)
+        )
+
+    def append(self, start: int, counts: sp.csr_matrix) -> None:
+        coo = counts.tocoo()
+        self.layer.write(
+            self.pa.table(
+                {
+                    "soma_dim_0": self.pa.array(coo.row.astype(np.int64) + start),
+                    "soma_dim_1": self.pa.array(coo.col.astype(np.int64)),
+                    "soma_data": self.pa.array(coo.data.astype(np.float32)),
+                }
+            )
+        )
+
+    def close(self) -> None:
+        self.experiment.close()
+
+
+def write_scale_data(spec: ScaleSpec, path: Path, soma_uri: Path | None = None) -> int:
+    """Write the data as an ``.h5ad`` (CSR ``X``, atomically) and, with ``soma_uri``, as a SOMA
+    experiment too, from one pass of generated chunks; return the number of stored values."""
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
@@ -121,12 +176,19 @@ def write_scale_h5ad(spec: ScaleSpec, path: Path) -> int:
     with atomic_file(path) as tmp, h5py.File(tmp, "w") as handle:
         write_elem(handle, "obs", obs_table(spec))
         write_elem(handle, "var", pd.DataFrame(index=pd.Index(spec.gene_names(), name="gene")))
-        for start, counts in count_chunks(spec):
-            if start == 0:
-                write_elem(handle, "X", counts)
-            else:
-                sparse_dataset(handle["X"]).append(counts)
-            nnz += counts.nnz
+        soma = _SomaWriter(spec, soma_uri) if soma_uri is not None else None
+        try:
+            for start, counts in count_chunks(spec):
+                if start == 0:
+                    write_elem(handle, "X", counts)
+                else:
+                    sparse_dataset(handle["X"]).append(counts)
+                if soma is not None:
+                    soma.append(start, counts)
+                nnz += counts.nnz
+        finally:
+            if soma is not None:
+                soma.close()
         handle.attrs["encoding-type"] = "anndata"
         handle.attrs["encoding-version"] = "0.1.0"
     return nnz

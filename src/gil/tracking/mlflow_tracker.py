@@ -194,6 +194,11 @@ def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _dataset_uri(source_path: Path | str) -> str:
+    """A local file or directory as its absolute path; a URI (a remote SOMA experiment) as it is."""
+    return str(source_path) if "://" in str(source_path) else str(Path(source_path).resolve())
+
+
 class MlflowTracker:
     """Records parent and stage runs, models and summaries in MLflow (see the module docstring).
 
@@ -380,7 +385,7 @@ class MlflowTracker:
             name=name,
             digest=digest[:_MAX_DIGEST_CHARS],
             source_type="local",
-            source=json.dumps({"uri": str(Path(source_path).resolve())}),
+            source=json.dumps({"uri": _dataset_uri(source_path)}),
             profile=json.dumps({"num_rows": n_cells, "num_genes": n_genes}),
         )
         dataset_input = DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])
