@@ -118,3 +118,31 @@ def test_scale_data_has_realistic_sparsity_markers_and_integer_counts(tmp_path: 
     assert obs["cell_type"].astype(str).tolist() == expected_obs["cell_type"].astype(str).tolist()
     with h5py.File(path) as handle:
         assert handle["X"].attrs["encoding-type"] == "csr_matrix"
+
+
+def test_scale_data_as_soma_prepares_to_the_same_arrays_as_the_h5ad(tmp_path: Path) -> None:
+    from gil.config import config_from_dict
+    from gil.data.prepare import run_prepare
+
+    spec = ScaleSpec(n_cells=600, n_genes=1_000, reads_per_cell=300, n_markers=20, chunk_cells=250)
+    write_scale_data(spec, tmp_path / "raw.h5ad", tmp_path / "raw.soma")
+    datasets = {
+        "h5ad": {"path": str(tmp_path / "raw.h5ad")},
+        "soma": {"path": str(tmp_path / "raw.soma"), "gene_column": "feature_name", "soma": {}},
+    }
+    written = {}
+    for kind, dataset in datasets.items():
+        config = config_from_dict(
+            {
+                "dataset": {"name": "scale", "label_columns": ["cell_type", "group"], **dataset},
+                "prepare": {"min_genes_per_cell": 10, "chunk_size": 170},
+                "tracking": {"enabled": False},
+            }
+        )
+        run_prepare(config, tmp_path / kind)
+        written[kind] = {
+            name: (tmp_path / kind / name).read_bytes()
+            for name in ("indptr.npy", "indices.npy", "values.npy", "genes.tsv", "cells.tsv")
+        }
+    assert written["h5ad"] == written["soma"]
+    assert b"type5" in written["soma"]["cells.tsv"]
