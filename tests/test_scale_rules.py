@@ -146,3 +146,18 @@ def test_scale_data_as_soma_prepares_to_the_same_arrays_as_the_h5ad(tmp_path: Pa
         }
     assert written["h5ad"] == written["soma"]
     assert b"type5" in written["soma"]["cells.tsv"]
+
+
+def test_the_content_hash_changes_with_a_value_a_column_or_a_row_length() -> None:
+    from gil.data.io import ContentHash
+
+    def digest(matrix: sp.csr_matrix) -> str:
+        content = ContentHash()
+        content.update(matrix)
+        return content.hexdigest(["g0", "g1", "g2"], ["c0", "c1"])
+
+    base = sp.csr_matrix(np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]))
+    changed_value = sp.csr_matrix(np.array([[1.0, 0.0, 5.0], [0.0, 3.0, 0.0]]))
+    changed_column = sp.csr_matrix(np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 0.0]]))
+    digests = {digest(base), digest(changed_value), digest(changed_column)}
+    assert len(digests) == 3 and digest(base) == digest(base.copy())
