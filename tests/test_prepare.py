@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -70,7 +71,7 @@ def test_prepare_equals_dense_computation(
 ) -> None:
     config = config_from_dict(_params(tiny_params, qc_h5ad, normalize_total=normalize_total))
     run_prepare(config, tmp_path / "processed")
-    data = ProcessedData.load(tmp_path / "processed")
+    data = ProcessedData.load(tmp_path / "processed", cell_names=True)
     adata, cells, genes, expected = _expected(qc_h5ad, normalize_total)
 
     assert (
@@ -100,7 +101,7 @@ def test_prepare_equals_dense_computation(
 
 def test_qc_removes_the_planted_cells_and_genes(qc_h5ad: Path, tiny_params: dict, tmp_path: Path) -> None:
     run_prepare(config_from_dict(_params(tiny_params, qc_h5ad)), tmp_path / "processed")
-    data = ProcessedData.load(tmp_path / "processed")
+    data = ProcessedData.load(tmp_path / "processed", cell_names=True)
     assert not {"cell0003", "cell0050", "cell0051", "cell0119"} & set(data.cells["cell"])
     assert data.n_cells == 116
     assert "gene0030" in data.gene_names and not {"gene0031", "gene0032"} & set(data.gene_names)
@@ -195,5 +196,23 @@ def test_prepare_cli_prints_summary(
 def test_prepare_without_label_columns(synthetic_h5ad: Path, tiny_params: dict, tmp_path: Path) -> None:
     tiny_params["dataset"]["label_columns"] = []
     run_prepare(config_from_dict(tiny_params), tmp_path / "processed")
-    cells = ProcessedData.load(tmp_path / "processed").cells
+    cells = ProcessedData.load(tmp_path / "processed", cell_names=True).cells
     assert list(cells.columns) == ["cell", "n_genes"] and len(cells) > 0
+
+
+def test_loaded_cells_hold_labels_as_categories_and_names_only_on_request(
+    qc_h5ad: Path, tiny_params: dict, tmp_path: Path
+) -> None:
+    """Per-cell strings cost ~60 MiB a column at 10^6 cells in every process (issue 27): labels load
+    as categories with the file's values, the names only when asked for."""
+    run_prepare(config_from_dict(_params(tiny_params, qc_h5ad)), tmp_path / "processed")
+    on_disk = pd.read_csv(tmp_path / "processed/cells.tsv", sep="\t", dtype=str, keep_default_na=False)
+    lean = ProcessedData.load(tmp_path / "processed").cells
+    assert list(lean.columns) == ["n_genes", "cell_type", "group"]
+    assert all(isinstance(lean[c].dtype, pd.CategoricalDtype) for c in ("cell_type", "group"))
+    assert lean["n_genes"].dtype == np.int64
+    assert lean["n_genes"].tolist() == on_disk["n_genes"].astype(int).tolist()
+    for column in ("cell_type", "group"):
+        assert lean[column].to_numpy(dtype=str).tolist() == on_disk[column].tolist()
+    named = ProcessedData.load(tmp_path / "processed", cell_names=True).cells
+    assert named["cell"].tolist() == on_disk["cell"].tolist()

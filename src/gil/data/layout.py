@@ -17,9 +17,9 @@ Split directory (written by ``gil split``)::
     gene_sets.json   {"method": ..., "sets": [{"name": "B", "genes": [...]}, {"name": "T1", ...}, ...]}
     cell_stages.npy  int16 [n_cells]: -1 = held-out test cell, -2 = held-out validation cell,
                                       0 = base stage, k = stage k
-    tasks.json       {"tasks": [{"name", "label", "learned_at", "classes", "train", "val", "test",
-                                  "targets"}]}  (cell indices into the processed rows; targets are
-                                  class indices aligned with train+val+test concatenated)
+    tasks.json       {"tasks": [{"name", "label", "learned_at", "classes", "cells", "targets"}]}
+                                  (held-out cell indices into the processed rows, and the class index
+                                  of each)
     summary.json / summary.txt   counts per stage and overlap checks
 """
 
@@ -46,6 +46,14 @@ def _require(path: Path, producer: str) -> Path:
     if not path.exists():
         raise GilError(f"{path} not found; run `gil {producer}` (or `dvc repro`) first")
     return path
+
+
+def _read_cells(path: Path, names: bool) -> pd.DataFrame:
+    """``cells.tsv``: label columns as categories, ``n_genes`` as integers, ``cell`` if ``names``."""
+    columns = pd.read_csv(path, sep="\t", nrows=0).columns
+    wanted = [column for column in columns if names or column != "cell"]
+    dtypes = {column: "category" for column in wanted} | {"cell": str, "n_genes": np.int64}
+    return pd.read_csv(path, sep="\t", usecols=wanted, dtype=dtypes, keep_default_na=False)[wanted]
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,13 @@ class ProcessedData:
         return self.genes["gene"].astype(str).tolist()
 
     @classmethod
-    def load(cls, directory: Path | str, mmap: bool = True) -> ProcessedData:
-        """Load a processed directory; arrays are memory-mapped unless ``mmap`` is false."""
+    def load(cls, directory: Path | str, mmap: bool = True, cell_names: bool = False) -> ProcessedData:
+        """Load a processed directory; arrays are memory-mapped unless ``mmap`` is false.
+
+        ``cells`` holds ``n_genes`` and the label columns (as categories); the ``cell`` names only
+        with ``cell_names``. Why: no command uses the names, and at 10^6 cells a column of Python
+        strings costs ~60 MiB in every process that loads the data (label columns ~55 MiB each).
+        """
         directory = _require(Path(directory), "prepare")
         mode = "r" if mmap else None
         return cls(
@@ -87,7 +100,7 @@ class ProcessedData:
             indices=np.load(directory / "indices.npy", mmap_mode=mode),
             values=np.load(directory / "values.npy", mmap_mode=mode),
             genes=pd.read_csv(directory / "genes.tsv", sep="\t", dtype={"gene": str}, keep_default_na=False),
-            cells=pd.read_csv(directory / "cells.tsv", sep="\t", dtype=str, keep_default_na=False),
+            cells=_read_cells(directory / "cells.tsv", cell_names),
             summary=json.loads((directory / "prepare.json").read_text()),
             source=directory if mmap else None,
         )
