@@ -581,6 +581,27 @@ BUGS = [
         '(chunk.data * 0, "<f8"))',
         ("test_soma.py", "test_prepare.py", "test_scale_rules.py"),
     ),
+    Bug(
+        "layout: cell labels loaded as Python strings",
+        "data/layout.py",
+        'dtypes = {column: "category" for column in wanted}',
+        "dtypes = {column: str for column in wanted}",
+        ("test_prepare.py",),
+    ),
+    Bug(
+        "layout: cell names loaded by every command",
+        "data/layout.py",
+        'if names or column != "cell"]',
+        "if True or names]",
+        ("test_prepare.py",),
+    ),
+    Bug(
+        "layout: labels such as NA read as missing",
+        "data/layout.py",
+        "usecols=wanted, dtype=dtypes, keep_default_na=False)",
+        "usecols=wanted, dtype=dtypes)",
+        ("test_prepare.py",),
+    ),
 ]
 
 

@@ -206,7 +206,10 @@ def test_loaded_cells_hold_labels_as_categories_and_names_only_on_request(
     """Per-cell strings cost ~60 MiB a column at 10^6 cells in every process (issue 27): labels load
     as categories with the file's values, the names only when asked for."""
     run_prepare(config_from_dict(_params(tiny_params, qc_h5ad)), tmp_path / "processed")
-    on_disk = pd.read_csv(tmp_path / "processed/cells.tsv", sep="\t", dtype=str, keep_default_na=False)
+    path = tmp_path / "processed/cells.tsv"
+    on_disk = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    on_disk.loc[:2, "group"] = ["NA", "", "null"]  # labels pandas would read as missing by default
+    on_disk.to_csv(path, sep="\t", index=False, lineterminator="\n")
     lean = ProcessedData.load(tmp_path / "processed").cells
     assert list(lean.columns) == ["n_genes", "cell_type", "group"]
     assert all(isinstance(lean[c].dtype, pd.CategoricalDtype) for c in ("cell_type", "group"))
