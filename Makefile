@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser run ablations suite-ablations test test-fast mutants ui lint bench clean-runs docs docs-serve
+.PHONY: install browser run tune ablations suite-ablations test test-fast mutants ui lint bench clean-runs docs docs-serve
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,13 @@ install: $(STAMP)  ## create .venv and install gil with pinned dependencies
 
 run: install  ## run the default pipeline (Zeisel, all default strategies and seeds)
 	dvc repro
+
+# The sweep pipeline (every `benchmark` strategy, same budget, validation cells), then its winners
+# promoted to tuned.yaml, which the default pipeline's tuned rows read: `make run` next trains them.
+# Not part of `make run`: the sweeps take about half an hour here (docs/howto/sweeps.md).
+tune: install  ## sweep every benchmark strategy (pipelines/sweep/dvc.yaml) and promote the winners to tuned.yaml
+	dvc repro pipelines/sweep/dvc.yaml
+	cp reports/tuned.yaml tuned.yaml
 
 # The ablations of the README (params.yaml entries outside `benchmark`), from the pipeline's base
 # stage, each paired with fine-tuning's seeds in reports/ablations.md.

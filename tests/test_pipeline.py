@@ -137,8 +137,10 @@ def test_the_sweep_pipeline_tunes_every_strategy_and_the_default_pipeline_report
     own_project,
 ) -> None:
     """``dvc repro pipelines/sweep/dvc.yaml`` on the finished tiny benchmark: one sweep per benchmark
-    strategy from its base stage, ``tuned.yaml`` with both winners; then ``dvc repro`` retrains the
-    tuned row whose values changed and nothing of the default rows."""
+    strategy from its base stage, ``reports/tuned.yaml`` with both winners, and the default pipeline
+    untouched; promoted to ``tuned.yaml`` (``make tune``), ``dvc repro`` retrains the tuned row whose
+    values changed and nothing of the default rows, and never the sweeps, even with their reports
+    gone (a fresh clone: reports/ is not in git)."""
     repo, env = own_project
     shutil.copytree(ROOT / "src" / "gil" / "sweep", repo / "src" / "gil" / "sweep", dirs_exist_ok=True)
     (repo / "pipelines" / "sweep").mkdir(parents=True)
@@ -153,14 +155,23 @@ def test_the_sweep_pipeline_tunes_every_strategy_and_the_default_pipeline_report
         "spaces": {"finetune": lr, "replay": {**lr, "strategies.replay.mix": {"uniform": [0.1, 0.5]}}},
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hand_written = (repo / "tuned.yaml").read_text()
     _run([sys.executable, "-m", "dvc", "repro", "pipelines/sweep/dvc.yaml"], repo, env)
-    tuned = yaml.safe_load((repo / "tuned.yaml").read_text())
+    tuned = yaml.safe_load((repo / "reports" / "tuned.yaml").read_text())
     assert set(tuned["strategies"]) == {"finetune@tuned", "replay@tuned"}
     assert tuned["budget"]["num_samples"] == 1 and tuned["sweeps"]["replay"]["base"] == "checkpoints/base"
-    assert (
-        tuned["strategies"]["finetune@tuned"]["train"]["lr"] != TUNED_FINETUNE_LR
-    )  # the hand-written one is gone
+    assert tuned["strategies"]["finetune@tuned"]["train"]["lr"] != TUNED_FINETUNE_LR
+    assert (repo / "tuned.yaml").read_text() == hand_written  # promoted only on request
+    dry = _run([sys.executable, "-m", "dvc", "repro", "--dry"], repo, env)
+    # Only the leaderboard would run: this copy tracks to a store of its own (a changed param).
+    assert [line for line in dry.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'leaderboard':"
+    ]
+
+    shutil.copy(repo / "reports" / "tuned.yaml", repo / "tuned.yaml")  # what `make tune` does
+    shutil.rmtree(repo / "reports" / "sweeps")
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage 'train_tuned@finetune'" in out
     assert "Running stage 'train@" not in out and "Running stage 'base'" not in out
+    assert "sweep@" not in out and "Running stage 'pipelines" not in out
     assert json.loads((repo / "metrics" / "finetune@tuned.json").read_text())["strategy"] == "finetune@tuned"

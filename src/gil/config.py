@@ -818,7 +818,7 @@ def missing_strategy_hint(config: Config, name: str) -> str:
         where = config.tuned.path or "tuned.path (not set)"
         return (
             f"no tuned values for {name.removesuffix(TUNED_SUFFIX)!r} in {where}; run `gil tune` "
-            "(or `dvc repro pipelines/sweep/dvc.yaml`) first"
+            "(or `make tune`) first"
         )
     return (
         f"unknown strategy {name!r}; choose one of {sorted(config.strategies)} "

@@ -4,7 +4,8 @@ Why a protocol of its own: a tuned method beside an untuned baseline measures th
 method. So every strategy of ``benchmark`` gets the same search (``sweep.num_samples`` trials,
 scheduler, objective and sampler seed, each over its own ``sweep.spaces`` entry), every trial starts
 from the pipeline's shared base stage and is scored on the split's *validation* cells, and the
-chosen values go to a tuned params file (``tuned.path``, tracked by ``pipelines/sweep/dvc.yaml``),
+chosen values go to a tuned params file (``tuned.path``; the sweep pipeline writes ``reports/tuned.yaml``
+and ``make tune`` promotes it),
 never into the user's ``params.yaml``. Its ``NAME@tuned`` entries are the strategy's own entry with
 the chosen values (``train.*`` values as that entry's ``train`` overrides), so the default pipeline
 trains and reports them as rows beside the defaults, on the same seeds and test cells.
@@ -24,7 +25,7 @@ from gil.sweep.space import strategy_entry
 
 REPORT_DIR = Path("reports/sweeps")
 _HEADER = """\
-# Tuned strategies: written by `gil tune` (or `dvc repro pipelines/sweep/dvc.yaml`); do not edit.
+# Tuned strategies: written by `gil tune` (or `make tune`: the sweep pipeline, promoted); do not edit.
 # Every strategy was swept with the budget below, from the shared base stage, scored on the
 # split's validation cells (never the test cells the benchmark reports). params.yaml's `tuned.path`
 # names this file; its entries join `strategies`; those named in `tuned.rows` are reported.
