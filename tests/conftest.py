@@ -314,3 +314,13 @@ def gil_train_command(
         "--out",
         str(out),
     ]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
+    """``--dist loadfile`` with the heaviest files first (see ``_scheduling.py``)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from _scheduling import HeaviestFilesFirst
+
+    return HeaviestFilesFirst(config, log)

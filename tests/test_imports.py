@@ -46,21 +46,24 @@ CHECKS = {
     "cluster": ["gil.cluster.runner"],
     "cluster_only": ["gil.cluster.runner", "gil.cluster.session"],
     "cli_and_config": ["gil.cli", "gil.config", "gil.strategies"],
+    "run_readers": ["gil.tracking.leaderboard"],  # what `gil leaderboard` imports
 }
+# Checks that do not build the strategy registry (it imports the model, hence torch).
+WITHOUT_REGISTRY = {"run_readers"}
 
 
 @pytest.fixture(scope="module")
 def loaded() -> dict[str, set[str]]:
     """Per check, every module loaded after importing its modules and building the strategy registry."""
-    code = (
-        "import sys; import {}; from gil.strategies import registry; registry(); "
-        "print(' '.join(sorted(sys.modules)))"
-    )
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", code.format(", ".join(modules))], stdout=subprocess.PIPE, text=True
-        )
+    registry = "from gil.strategies import registry; registry(); "
+    code = "import sys; import {}; {}print(' '.join(sorted(sys.modules)))"
+    sources = {
+        name: code.format(", ".join(modules), "" if name in WITHOUT_REGISTRY else registry)
         for name, modules in CHECKS.items()
+    }
+    processes = {
+        name: subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, text=True)
+        for name, source in sources.items()
     }
     results = {}
     for name, process in processes.items():
@@ -103,6 +106,13 @@ def test_only_tracking_and_sweep_modules_import_them(loaded) -> None:
     assert "ray" in _top_level(loaded["sweep"])
     assert "ray" in _top_level(loaded["cluster"])
     assert "mlflow" not in _top_level(loaded["cluster_only"])
+
+
+def test_reading_runs_loads_mlflow_but_not_torch(loaded) -> None:
+    """`gil leaderboard` only reads runs: torch (~1.5 s of a command's imports) stays unloaded; the
+    tracker imports it when it logs a model."""
+    top = _top_level(loaded["run_readers"])
+    assert "mlflow" in top and "torch" not in top
 
 
 def test_only_the_sweep_and_cluster_packages_import_ray() -> None:

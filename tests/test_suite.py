@@ -277,6 +277,10 @@ def test_suite_report_has_the_paired_section_and_json() -> None:
 def _suite_params(h5ad: Path, repo: Path) -> dict:
     params = tiny_pipeline_params(h5ad)
     params["train"]["seeds"] = [0, 1]
+    # Seeds one after the other in each command: on the test machine's cores, busy with the other
+    # test worker, a fork server importing torch and gil again per command is pure cost (~3 s each);
+    # seeds in worker processes are tested in test_parallel.py and test_workers.py.
+    params["compute"] = {**params.get("compute", {}), "jobs": 1}
     params["suite"] = {"strategies": ["finetune", "replay"], "train": {"epochs_per_stage": 2}}
     params["settings"] = {
         "two": {"desc": "two stages"},

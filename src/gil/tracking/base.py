@@ -12,9 +12,10 @@ a separate process, reopens it with ``resume=True``. One nested child run per st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import torch
+if TYPE_CHECKING:  # annotations only: readers of runs (gil leaderboard) never load torch
+    import torch
 
 
 class Tracker(Protocol):

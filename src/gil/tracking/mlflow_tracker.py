@@ -50,12 +50,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import mlflow
-import mlflow.pytorch
 import requests
-import torch
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run
 from mlflow.exceptions import MlflowException
@@ -67,6 +65,9 @@ from gil.errors import GilError
 from gil.settings import SETTING_TAG
 from gil.tracking.base import NullTracker, Tracker
 from gil.tracking.server import check_reachable, resolve_tracking_uri, sqlite_artifact_root
+
+if TYPE_CHECKING:
+    import torch
 
 TAG_KIND = "gil.kind"
 TAG_STRATEGY = "gil.strategy"
@@ -317,8 +318,12 @@ class MlflowTracker:
         Pickle serialisation with explicit requirements is what keeps this fast (torch.export
         needs an input example, and requirement inference takes seconds). Loading needs the
         model's class importable (``gil`` installed). The vocabulary travels inside the model
-        (``extra_files``) and is also an artifact of the stage run.
+        (``extra_files``) and is also an artifact of the stage run. torch and ``mlflow.pytorch``
+        are imported here: commands that only read runs (``gil leaderboard``) need neither.
         """
+        import mlflow.pytorch
+        import torch
+
         if self._stage != stage:
             self.begin_stage(stage)
         parent_tags = self._require_parent().data.tags
