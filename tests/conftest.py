@@ -196,11 +196,12 @@ def _run_checked(args: list[str], cwd: Path, env: dict) -> str:
 
 def stages_repro_would_run(repo: Path, env: dict, pipeline: str = "dvc.yaml") -> set[str]:
     """The stages ``dvc repro`` would run, without running them: those DVC finds changed (``repro
-    --dry``) and every stage downstream of them in ``dvc dag`` (a rerun rewrites its outputs, their
-    inputs). Names without the ``dvc.yaml:`` prefix.
+    --dry``) and every stage downstream of them in ``dvc dag`` (a rerun rewrites its outputs, which are
+    their inputs). Names without the ``dvc.yaml:`` prefix.
 
-    For tests of which stages a change makes stale: as exact as a real ``dvc repro``, in seconds
-    instead of a minute of retraining that the fixtures already ran once."""
+    For tests of which stages a change makes stale, in seconds instead of a minute of retraining
+    that the fixtures already ran once. It is what a real ``dvc repro`` runs at most: a real one
+    skips a downstream stage whose inputs came out of the rerun unchanged."""
     dry = _run_checked([sys.executable, "-m", "dvc", "repro", "--dry", pipeline], repo, env)
     changed = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     dot = _run_checked([sys.executable, "-m", "dvc", "dag", "--dot", pipeline], repo, env)
