@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import new_sqlite_store
 
 from gil.tracking.mlflow_tracker import MlflowTracker
 from gil.tracking.server import start_local_server, stop_server
@@ -89,7 +90,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module (creating its tables takes about a second); tests use their
-    own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> str:
+    """One SQLite store per module; tests use their own experiments."""
+    return new_sqlite_store(mlflow_store_template, tmp_path_factory.mktemp("mlflow-sqlite"))

@@ -263,6 +263,54 @@ def init_project(repo: Path, data: Path, pipeline_file: str, pipeline: dict, par
     return env
 
 
+@pytest.fixture(scope="session")
+def mlflow_store_template(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with MLflow's tables, made once per MLflow version and kept in
+    pytest's cache. Why: MLflow creates the tables of a new store by running its migrations (1-3 s
+    here), and the suite and each mutant of ``make mutants`` create many stores; a copy of this
+    file is the same store in milliseconds (see :func:`new_sqlite_store`)."""
+    import subprocess
+    from importlib.metadata import version
+
+    name = f"mlflow-store-{version('mlflow')}"
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider: made per session
+    folder = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
+    template = folder / "mlflow.db"
+    if not template.exists():
+        scratch = template.with_name(f"creating-{os.getpid()}.db")
+        create = (
+            "from mlflow.tracking import MlflowClient; MlflowClient(tracking_uri={!r}).search_experiments()"
+        )
+        subprocess.run(  # made in its own folder: the copies set the one path that depends on it
+            [sys.executable, "-c", create.format(f"sqlite:///{scratch}")],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
+        os.replace(scratch, template)  # atomic: xdist workers may race to make it
+    return template
+
+
+def new_sqlite_store(template: Path, directory: Path) -> str:
+    """A new MLflow SQLite store at ``directory/mlflow.db``, copied from ``template``; its URI.
+
+    The copy equals a store MLflow would create here except for one path: the default experiment's
+    artifact location, which MLflow sets from the working directory; it is set as MLflow would."""
+    import shutil
+    import sqlite3
+
+    database = directory / "mlflow.db"
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, database)
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(Path.cwd() / "mlruns" / "0"),),
+        )
+    connection.close()
+    return f"sqlite:///{database}"
+
+
 def tracked_to(repo: Path) -> dict:
     """Tracking into ``repo/mlruns/mlflow.db`` without the model registry (faster)."""
     return {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import new_sqlite_store
 from factories import make_config, make_processed, make_split
 
 from gil.data.batches import BatchBuilder
@@ -165,7 +166,7 @@ def test_each_row_of_r_comes_from_its_own_stage_checkpoint(trained, document) ->
     )
 
 
-def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) -> None:
+def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path, mlflow_store_template) -> None:
     """What the UI and ``gil leaderboard`` rank is exactly what ``metrics/<strategy>.json`` says; a
     second evaluation reopens the same parent runs; a failure while recording marks the run FAILED."""
     import json
@@ -179,7 +180,7 @@ def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path) ->
             raise OSError("disk full")
 
     config, data, split, out = trained
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_sqlite_store(mlflow_store_template, tmp_path)
     with isolated_mlflow():
         tracker = MlflowTracker(uri, "summaries")
         for _ in range(2):
@@ -255,7 +256,9 @@ def test_each_stage_run_records_its_own_row_reference_and_probe(trained, documen
         assert np.isnan(evaluation.mse_per_gene[stage, stage + 1 :]).all()
 
 
-def test_missing_or_stale_checkpoints_are_refused_before_anything_is_tracked(trained, tmp_path) -> None:
+def test_missing_or_stale_checkpoints_are_refused_before_anything_is_tracked(
+    trained, tmp_path, mlflow_store_template
+) -> None:
     import shutil
 
     from _mlflow_helpers import isolated_mlflow
@@ -267,7 +270,7 @@ def test_missing_or_stale_checkpoints_are_refused_before_anything_is_tracked(tra
     partial = tmp_path / "ckpt"
     shutil.copytree(out, partial)
     (partial / "seed_1" / "stage_2.pt").unlink()  # seed 0 complete, seed 1 not
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_sqlite_store(mlflow_store_template, tmp_path)
     with isolated_mlflow():
         tracker = MlflowTracker(uri, "refused")
         with pytest.raises(GilError, match=r"seed_1/stage_2.pt not found"):

@@ -265,3 +265,38 @@ def test_exception_inside_the_tracker_marks_runs_failed(
     assert mlflow.active_run() is None
     runs = _runs(tracker, "parent") + _runs(tracker, "stage")
     assert {run.data.tags["gil.kind"]: run.info.status for run in runs} == {"parent": status, "stage": status}
+
+
+def test_a_store_copied_from_the_template_is_the_store_mlflow_creates(
+    mlflow_store_template: Path, tmp_path: Path
+) -> None:
+    """The tests' stores are copies of one made by MLflow (conftest.new_sqlite_store): the same
+    tables, migration and default experiment as a store MLflow creates in their place. (Two stores
+    MLflow creates in two processes list the constraints of a table in different orders: hash
+    order; so each statement is compared as its set of lines.)"""
+    import sqlite3
+
+    from conftest import new_sqlite_store
+    from mlflow.tracking import MlflowClient
+
+    copied = new_sqlite_store(mlflow_store_template, tmp_path / "copied")
+    fresh = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    (tmp_path / "fresh").mkdir()
+    MlflowClient(tracking_uri=fresh).search_experiments()
+
+    def contents(uri: str) -> tuple:
+        with sqlite3.connect(uri.removeprefix("sqlite:///")) as connection:
+            schema = sorted(
+                (kind, name, sorted((sql or "").replace(",", "").splitlines()))
+                for kind, name, sql in connection.execute("SELECT type, name, sql FROM sqlite_master")
+            )
+            migration = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+            experiments = connection.execute(
+                "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+            ).fetchall()
+        connection.close()
+        return schema, migration, experiments
+
+    assert contents(copied) == contents(fresh)
+    assert contents(copied)[2] == [(0, "Default", str(Path.cwd() / "mlruns" / "0"), "active")]
+    assert MlflowClient(tracking_uri=copied).create_experiment("x") == "1"  # usable, numbering as new
