@@ -94,6 +94,25 @@ def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_f
     assert probe["collapsed_delta"] < -0.05 and probe["erased_delta"] < -0.05
 
 
+def _score_here(work, jobs: list, label: str, progress: bool):  # noqa: ANN001, ANN202 - a gil Runner
+    """A runner calling the worker entry point in this process, job by job."""
+    for job in jobs:
+        yield job, work(job)
+
+
+def test_the_worker_entry_points_score_each_seed_as_this_process_does(trained) -> None:
+    """What a worker process runs (``_evaluate_job``, ``_controls_job``), called here: the same
+    documents as scoring without workers. Here too because code run in another process is invisible
+    to mutation testing's map of which tests execute which function."""
+    config, data, split, out = trained
+    assert evaluate_strategy(config, "finetune", data, split, out, runner=_score_here) == evaluate_strategy(
+        config, "finetune", data, split, out
+    )
+    assert run_controls(config, "finetune", data, split, out, runner=_score_here) == run_controls(
+        config, "finetune", data, split, out
+    )
+
+
 def test_seeds_scored_in_worker_processes_give_the_documents_of_one_process(trained) -> None:
     """With ``compute.jobs`` > 1 the seeds are scored in worker processes forked from a fork server
     (``gil.train.workers``); every number is the one scored here, to the bit."""

@@ -137,3 +137,36 @@ def test_one_seed_has_zero_spread_where_defined_and_none_above_the_diagonal() ->
     std = np.asarray(regression["matrix_std"])
     assert (std[np.tril_indices(3)] == 0).all() and np.isnan(std[np.triu_indices(3, 1)]).all()
     np.testing.assert_allclose(regression["matrix"][2], [1, 3, 4])
+
+
+def test_summary_metrics_by_hand() -> None:
+    """The parent run's metrics: the summary names, Δ per gene set named T1.. when there are several,
+    the probes' deltas and the incremental compute; None and NaN left out, integers as floats."""
+    from gil.evaluate import summary_metrics
+
+    regression = dict.fromkeys(("delta", "base_delta", "bwt", "forgetting", "final_mse"), 0.5)
+    regression |= {"plasticity": None, "skill_new": math.nan, "skill_final": 0.25}
+    regression["delta_per_set"] = [0.1, 0.2]
+    summary = {
+        "regression": regression,
+        "probe": {"delta": 0.03, "delta_se": 0.01, "own_genes": {"delta": None, "delta_se": math.nan}},
+        "compute": {"optimizer_steps_incremental": 70, "cells_processed_incremental": 400},
+    }
+    metrics = summary_metrics(summary)
+    assert metrics == {
+        "delta": 0.5,
+        "base_delta": 0.5,
+        "bwt": 0.5,
+        "forgetting": 0.5,
+        "final_mse": 0.5,
+        "skill_final": 0.25,
+        "delta_T1": 0.1,
+        "delta_T2": 0.2,
+        "probe_delta": 0.03,
+        "probe_delta_se": 0.01,
+        "optimizer_steps": 70.0,
+        "cells_processed": 400.0,
+    }
+    assert all(type(value) is float for value in metrics.values())
+    regression["delta_per_set"] = [0.1]  # one set: Δ is its Δ, no per-set names
+    assert "delta_T1" not in summary_metrics(summary)

@@ -172,6 +172,7 @@ def test_distill_query_term_is_lambda_times_mse_to_the_teacher_on_earlier_genes_
         view = teacher_view(batch, 1)
         expected = _forward(teacher, view)
     assert not bool(view.genes[batch.gene_sets == 2].any())  # the teacher never sees T2
+    assert torch.equal(view.queries, q)  # its queries are of T1, which it knows: all kept
     assert set(terms) == {"distill", "distill_query"}
     want = 2.5 * float(((output.mlm - expected.mlm).detach()[q] ** 2).mean())
     assert terms["distill_query"].item() == pytest.approx(want, rel=1e-5)
@@ -179,6 +180,14 @@ def test_distill_query_term_is_lambda_times_mse_to_the_teacher_on_earlier_genes_
     want_known = 2.5 * float(((output.mlm - expected.mlm).detach()[known_masked] ** 2).mean())
     assert terms["distill"].item() == pytest.approx(want_known, rel=1e-5)
     assert terms["distill_query"].item() > 0
+
+
+def test_one_query_per_cell_still_gives_the_query_term(tmp_path, data_and_split) -> None:
+    trainer = _trainer(tmp_path, data_and_split, {**QUERY_DISTILL, "queries_per_cell": 1})
+    ctx, _ = _enter_stage_two(trainer)
+    batch = trainer.strategy.augment_batch(ctx, _stage_two_batch(trainer), np.random.default_rng(0))
+    assert int(batch.queries.sum(dim=1).max()) == 1
+    assert set(trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))) == {"distill", "distill_query"}
 
 
 def test_a_gradient_step_on_the_query_term_brings_the_student_closer_on_the_queries(
@@ -201,11 +210,10 @@ def test_a_gradient_step_on_the_query_term_brings_the_student_closer_on_the_quer
 
 def test_no_query_at_stage_one_and_the_papers_reading_has_none_at_all(tmp_path, data_and_split) -> None:
     trainer = _trainer(tmp_path / "q", data_and_split, QUERY_DISTILL)
-    trainer.train_stage(0)
-    ctx = trainer._context(1)
-    trainer.strategy.before_stage(ctx)
+    ctx, _ = enter_stage(trainer, 1)
     batch = trainer.builder.training_batch(trainer.split.cells_of_stage(1)[:8], np.random.default_rng(0), 0.4)
     assert trainer.strategy.augment_batch(ctx, batch, np.random.default_rng(0)) is batch  # no earlier set
+    assert set(trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))) == {"distill"}
     literal = _trainer(tmp_path / "l", data_and_split, {"kind": "distill", "lam": 2.5})
     ctx, _ = _enter_stage_two(literal)
     batch = _stage_two_batch(literal)

@@ -357,10 +357,35 @@ def test_the_suite_leaderboard_ranks_the_suites_strategies_only(sqlite_uri: str,
         ("b", "replay"),
     ]
     config = TrackingConfig(uri=sqlite_uri, experiment="suite-only")
-    run_suite_leaderboard(config, "suite-only", "delta", tmp_path, ["finetune", "replay"])
+    markdown = run_suite_leaderboard(config, "suite-only", "delta", tmp_path, ["finetune", "replay"])
     board = pd.read_csv(tmp_path / "suite_leaderboard.csv")
     # Means over settings: finetune 0.35, replay 0.30 ("extra", 0.0, would have ranked first).
     assert board["strategy"].tolist() == ["replay", "finetune"]
     assert board["mean"].tolist() == pytest.approx([0.30, 0.35])
+    # By hand: spreads are the sample std over the two settings (0.1, 0.5 -> 0.283; 0.3, 0.4 -> 0.071);
+    # each strategy is first in one setting (mean rank 1.5), and opposite rankings give W = 0.
+    assert markdown == (
+        "# Suite leaderboard: suite-only\n\n"
+        "`delta` per setting (mean ± std over seeds, lower is better); rows ranked by its mean over "
+        "settings (avg; spread = sample std over settings), then by mean rank.\n\n"
+        "| strategy | a | b | avg ± spread | mean rank |\n|---|---|---|---|---|\n"
+        "| replay | 0.100 | 0.500 | 0.300 ± 0.283 | 1.50 |\n"
+        "| finetune | 0.300 | 0.400 | 0.350 ± 0.071 | 1.50 |\n"
+        "\nRank per setting:\n\n"
+        "| strategy | a | b |\n|---|---|---|\n| replay | 1 | 2 |\n| finetune | 2 | 1 |\n"
+        "\nKendall's W over settings: 0.00\n"
+    )
+    assert (tmp_path / "suite_leaderboard.md").read_text() == markdown
+    client = MlflowTracker(sqlite_uri, "suite-only").client
+    (board_run,) = client.search_runs(
+        [client.get_experiment_by_name("suite-only").experiment_id], "tags.`gil.kind` = 'leaderboard'"
+    )
+    assert board_run.info.status == "FINISHED"
+    assert board_run.data.tags["gil.leaderboard.metric"] == "delta"
+    artifacts = {item.path for item in client.list_artifacts(board_run.info.run_id)}
+    assert artifacts == {"suite_leaderboard.md", "suite_leaderboard.csv"}
+    unknown = r"no suite run of 'suite-only' has metric 'forgetting'; available: delta$"
+    with pytest.raises(GilError, match=unknown):
+        run_suite_leaderboard(config, "suite-only", "forgetting", tmp_path, ["finetune", "replay"])
     with pytest.raises(GilError, match="no finished suite runs of ewc"):
         fetch_suite_runs(sqlite_uri, "suite-only", ["ewc"])

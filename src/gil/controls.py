@@ -39,7 +39,7 @@ from gil.metrics.probes import paired_delta
 from gil.model import GeneTransformer
 from gil.train.checkpoint import load_checkpoint, stage_path
 from gil.train.loop import derive_seed, load_stage_model, run_fingerprint, use_threads
-from gil.train.parallel import SeedJob, seed_jobs
+from gil.train.parallel import Runner, SeedJob, seed_jobs
 
 NOTE = (
     "positive: the final model with the embedding rows of T1..T(n-1) redrawn (fresh random rows), "
@@ -169,12 +169,21 @@ def _means(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_controls(
-    config: Config, strategy: str, data: ProcessedData, split: Split, checkpoints: Path
+    config: Config,
+    strategy: str,
+    data: ProcessedData,
+    split: Split,
+    checkpoints: Path,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """The controls document of ``strategy``'s checkpoints over every seed (see the module docstring)."""
+    """The controls document of ``strategy``'s checkpoints over every seed (see the module docstring).
+
+    Seeds are scored by :func:`gil.evaluate.seed_runner`'s choice, as in evaluation: ``runner``
+    when given, else ``compute.jobs`` worker processes, else this process.
+    """
     controls = Controls(config, strategy, data, split, checkpoints)
     controls.evaluator.check_checkpoints()
-    runner = seed_runner(config, None)
+    runner = seed_runner(config, runner)
     if runner is None:
         per_seed = {str(seed): controls.seed(seed) for seed in config.train.seeds}
     else:
