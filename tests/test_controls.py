@@ -94,10 +94,16 @@ def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_f
     assert probe["collapsed_delta"] < -0.05 and probe["erased_delta"] < -0.05
 
 
-def _score_here(work, jobs: list, label: str, progress: bool):  # noqa: ANN001, ANN202 - a gil Runner
-    """A runner calling the worker entry point in this process, job by job."""
-    for job in jobs:
-        yield job, work(job)
+class _ScoreHere:
+    """A runner calling the worker entry point in this process, job by job; it records the seeds."""
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def __call__(self, work, jobs: list, label: str, progress: bool):  # noqa: ANN001, ANN204 - a gil Runner
+        for job in jobs:
+            self.seeds.append(job.seed)
+            yield job, work(job)
 
 
 def test_the_worker_entry_points_score_each_seed_as_this_process_does(trained) -> None:
@@ -105,12 +111,14 @@ def test_the_worker_entry_points_score_each_seed_as_this_process_does(trained) -
     documents as scoring without workers. Here too because code run in another process is invisible
     to mutation testing's map of which tests execute which function."""
     config, data, split, out = trained
-    assert evaluate_strategy(config, "finetune", data, split, out, runner=_score_here) == evaluate_strategy(
+    evaluations, controls = _ScoreHere(), _ScoreHere()
+    assert evaluate_strategy(config, "finetune", data, split, out, runner=evaluations) == evaluate_strategy(
         config, "finetune", data, split, out
     )
-    assert run_controls(config, "finetune", data, split, out, runner=_score_here) == run_controls(
+    assert run_controls(config, "finetune", data, split, out, runner=controls) == run_controls(
         config, "finetune", data, split, out
     )
+    assert evaluations.seeds == controls.seeds == [0, 1]  # the runner given did score the seeds
 
 
 def test_seeds_scored_in_worker_processes_give_the_documents_of_one_process(trained) -> None:

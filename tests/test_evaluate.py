@@ -210,6 +210,9 @@ def test_mlflow_summary_metrics_equal_the_metrics_document(trained, tmp_path, ml
             local = tracker.client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
             logged = json.loads(Path(local).read_text())
             assert logged["strategy"] == "finetune" and logged["regression"]["matrix"] == regression["matrix"]
+            # The same names on every parent run: MLflow's run comparison shows them side by side.
+            names = {item.path for item in tracker.client.list_artifacts(run.info.run_id)}
+            assert {"metrics.json", "R.png", "forgetting.png"} <= names
         failing = FailingSummary(uri, "summaries")
         with pytest.raises(OSError, match="disk full"):
             evaluate_strategy(config, "finetune", data, split, out, tracker=failing)

@@ -114,6 +114,8 @@ def test_the_document_is_the_mean_over_seeds_not_one_seed() -> None:
     np.testing.assert_allclose(regression["pearson"][2], [-1, -4, -4])
     assert regression["delta"] == regression["delta_mean"] == pytest.approx((1 + 3) / 2)
     assert regression["delta_std"] == pytest.approx(np.std([1, 3], ddof=1))
+    assert regression["delta_per_set_std"] == pytest.approx([np.std([1, 3], ddof=1)])  # T1 only
+    assert per_seed["1"]["regression"]["seen_mse"] == [0.0, 0.0, 0.0]
     early = document["probe"]["tasks"]["early"]
     np.testing.assert_allclose(early["accuracy"], [0.5, 0.375, 0.625])
     assert early["delta_mean"] == pytest.approx((-0.75 + 1.0) / 2)  # seed 1: 0 → 1 from stage 0
@@ -121,6 +123,9 @@ def test_the_document_is_the_mean_over_seeds_not_one_seed() -> None:
     np.testing.assert_allclose(regression["skill"][2], [1 - 2 / 2, 1 - 5 / 4, 1 - 5 / 8])
     skill_seeds = [[0.5, 0.25, 0.5], [-0.5, -0.75, 0.25]]  # 1 − R[2] / b for each seed
     np.testing.assert_allclose(regression["skill_std"][2], np.std(skill_seeds, axis=0, ddof=1))
+    own = document["probe"]["tasks"]["middle"]["own_genes"]  # the same own-genes probes in both seeds
+    np.testing.assert_allclose(own["accuracy"], [np.nan, 1.0, 0.5])
+    np.testing.assert_allclose(own["accuracy_std"], [np.nan, 0.0, 0.0])
     assert document["embedding_cosine"] == pytest.approx(np.full((3, 3), 0.5))
     assert document["compute"]["optimizer_steps"] == [10, 30, 40]
     assert document["compute"]["cells_processed"] == [100, 300, 400]
