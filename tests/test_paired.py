@@ -27,6 +27,14 @@ def test_three_seeds_by_hand() -> None:
     assert format_difference(result) == "+0.200 [\u22120.048, +0.448]"
 
 
+def test_two_seeds_have_an_interval_with_one_degree_of_freedom() -> None:
+    # diffs 0.1, 0.3: mean 0.2, sd 0.1·√2, half-width t(0.975, 1) · 0.1·√2 / √2 = 0.1 · tan(0.475 π)
+    result = paired_difference({"0": 1.1, "1": 1.3}, {"0": 1.0, "1": 1.0})
+    half = 0.1 * math.tan(0.475 * math.pi)  # t with 1 degree of freedom is Cauchy: 12.7062...
+    assert result.n == 2
+    assert (result.mean, result.low, result.high) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+
+
 def test_four_seeds_resolved_lower_and_higher() -> None:
     # diffs -0.1, -0.2, -0.3, -0.2: mean -0.2, sd √(0.02 / 3), t(0.975, 3)
     reference = {str(s): 0.5 for s in range(4)}
