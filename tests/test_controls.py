@@ -7,7 +7,17 @@ import pytest
 import torch
 from factories import make_config, make_processed, make_split
 
-from gil.controls import collapse_gene_rows, erase_gene_rows, redraw_gene_rows, run_controls
+from gil.controls import (
+    NOTE,
+    Controls,
+    _controls_job,
+    _means,
+    collapse_gene_rows,
+    erase_gene_rows,
+    redraw_gene_rows,
+    run_controls,
+)
+from gil.errors import GilError
 from gil.evaluate import evaluate_strategy, seed_runner
 from gil.model import GeneTransformer
 from gil.train.loop import train_strategy
@@ -78,8 +88,17 @@ def test_negative_control_is_exactly_zero_and_positive_controls_dwarf_the_runs_f
     document = run_controls(config, "finetune", data, split, out)
     evaluated = evaluate_strategy(config, "finetune", data, split, out)
     assert document["forgotten_sets"] == ["T1"]
+    assert (document["strategy"], document["note"], document["gene_sets"]) == (
+        "finetune",
+        NOTE,
+        ["B", "T1", "T2"],
+    )
     for seed, controls in document["per_seed"].items():
         assert controls["delta_negative"] == [0.0, 0.0, 0.0]
+        # T1's loss right after its stage: the diagonal of the run's own results matrix
+        assert controls["learned_mse"] == pytest.approx(
+            [evaluated["per_seed"][seed]["regression"]["matrix"][1][1]]
+        )
         assert controls["probe"]["kind"]["negative_delta"] == 0.0
         # The intact run's Δ is the evaluation's own Δ of T1 for that seed.
         assert controls["delta_intact"] == pytest.approx([evaluated["per_seed"][seed]["regression"]["delta"]])
@@ -99,8 +118,10 @@ class _ScoreHere:
 
     def __init__(self) -> None:
         self.seeds: list[int] = []
+        self.calls: list[tuple[str, bool]] = []
 
     def __call__(self, work, jobs: list, label: str, progress: bool):  # noqa: ANN001, ANN204 - a gil Runner
+        self.calls.append((label, progress))
         for job in jobs:
             self.seeds.append(job.seed)
             yield job, work(job)
@@ -119,6 +140,10 @@ def test_the_worker_entry_points_score_each_seed_as_this_process_does(trained) -
         config, "finetune", data, split, out
     )
     assert evaluations.seeds == controls.seeds == [0, 1]  # the runner given did score the seeds
+    # one call each, labelled for the progress line, without a bar of its own (the caller's shows)
+    assert evaluations.calls == [("evaluate finetune", False)] and controls.calls == [
+        ("controls finetune", False)
+    ]
 
 
 def test_seeds_scored_in_worker_processes_give_the_documents_of_one_process(trained) -> None:
@@ -133,3 +158,91 @@ def test_seeds_scored_in_worker_processes_give_the_documents_of_one_process(trai
     assert run_controls(workers, "finetune", data, split, out) == run_controls(
         config, "finetune", data, split, out
     )
+
+
+def test_a_positive_controls_delta_is_the_damaged_models_loss_minus_the_learned_loss(trained) -> None:
+    config, data, split, out = trained
+    controls = Controls(config, "finetune", data, split, out)
+    per_seed = controls.seed(0)
+    damaged = erase_gene_rows(controls._model(0, 2), controls.forgotten_tokens, 0)
+    mse = controls.evaluator.inputs.regression(damaged, 2).mse[1]
+    assert per_seed["delta_erased"] == pytest.approx([mse - per_seed["learned_mse"][0]])
+
+
+def test_the_damaged_tokens_are_the_earlier_stage_sets_and_the_tasks_those_learned_before_the_last(
+    trained,
+) -> None:
+    """Three stages (B, T1, T2): only T1 is forgotten by the final model, only a task learned at
+    stage 1 is scored (one learned at 0 is the base; one at 2 is the final stage's own)."""
+    import dataclasses
+
+    config, data, split, out = trained
+    task = split.tasks[0]
+    tasks = [dataclasses.replace(task, name=f"at_{stage}", learned_at=stage) for stage in (0, 1, 2)]
+    controls = Controls(config, "finetune", data, dataclasses.replace(split, tasks=tasks), out)
+    sets = controls.evaluator.vocab.set_of_token()
+    assert controls.forgotten_tokens.tolist() == np.flatnonzero(sets == 1).tolist()
+    assert len(controls.forgotten_tokens) == 6
+    assert [t.name for t in controls.tasks] == ["at_1"]
+
+
+def test_a_worker_refuses_checkpoints_of_another_config(trained) -> None:
+    """The worker entry point loads each checkpoint against the run's fingerprint: a worker never
+    scores another run's weights (``check_checkpoints`` runs in the parent only)."""
+    from gil.train.parallel import seed_jobs
+
+    config, data, split, out = trained
+    other = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.001})})
+    (job,) = seed_jobs(other, [0], data, strategy_name="finetune", split=split, checkpoints=out)
+    with pytest.raises(GilError, match="different config"):
+        _controls_job(job)
+
+
+def test_control_means_over_seeds_by_hand() -> None:
+    """Two seeds; each row's Δ is first averaged over the forgotten sets, then over seeds."""
+
+    def seed(deltas: dict[str, list[float]], accuracy: float) -> dict:
+        return {
+            **{f"delta_{name}": values for name, values in deltas.items()},
+            "probe": {
+                "kind": {
+                    "majority_rate": 0.5,
+                    "intact_accuracy": accuracy,
+                    "erased_delta": -accuracy,
+                    "erased_delta_se": 9.0,
+                }
+            },
+        }
+
+    rows = ("intact", "redrawn", "collapsed", "erased", "negative")
+    one = seed({name: [1.0, 3.0] for name in rows}, 0.8)  # per-seed mean 2
+    two = seed({name: [4.0, 6.0] for name in rows}, 0.6)  # per-seed mean 5
+    summary = _means({"0": one, "1": two})
+    for name in rows:
+        assert summary[f"delta_{name}"] == pytest.approx(3.5)
+        assert summary[f"delta_{name}_std"] == pytest.approx(np.std([2.0, 5.0], ddof=1))
+    assert summary["probe"] == {
+        "kind": {
+            "majority_rate": 0.5,
+            "intact_accuracy": pytest.approx(0.7),
+            "intact_accuracy_std": pytest.approx(np.std([0.8, 0.6], ddof=1)),
+            "erased_delta": pytest.approx(-0.7),
+            "erased_delta_std": pytest.approx(np.std([0.8, 0.6], ddof=1)),
+        }
+    }
+    alone = _means({"3": one})  # one seed: its own values, no spread
+    assert alone["delta_erased"] == 2.0 and alone["probe"]["kind"]["majority_rate"] == 0.5
+
+
+def test_the_damage_draws_from_fixed_seeded_streams() -> None:
+    """Pinned values: the controls' numbers are reproducible across versions only if the erased and
+    redrawn rows come from the same streams (seed 5, d_model 8; torch's CPU generator)."""
+
+    def rows(damage) -> torch.Tensor:
+        model = GeneTransformer(20, 1, 8, 2, 8, 0.0)
+        return damage(model, np.array([3, 4]), 5).gene_embedding.weight.detach()
+
+    erased, redrawn = rows(erase_gene_rows), rows(redraw_gene_rows)
+    assert erased[3, :3].tolist() == pytest.approx([0.0321161, 0.0205912, -0.0056986], abs=1e-7)
+    assert redrawn[3, :3].tolist() == pytest.approx([0.0310553, 0.0222551, 0.0058923], abs=1e-7)
+    assert redrawn[4, :3].tolist() == pytest.approx([-0.0060197, -0.0131634, -0.0007618], abs=1e-7)

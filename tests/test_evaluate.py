@@ -335,3 +335,38 @@ def test_the_evaluation_never_reads_validation_cells(trained, tmp_path: Path) ->
     assert evaluate_strategy(config, "finetune", _scaled(data, validation), held_out, tmp_path) == baseline
     test_cells = held_out.cells_of_stage(EVAL_STAGE)
     assert evaluate_strategy(config, "finetune", _scaled(data, test_cells), held_out, tmp_path) != baseline
+
+
+def test_checkpoints_of_another_config_are_refused_up_front_and_by_each_seed(trained) -> None:
+    """``check_checkpoints`` refuses stale checkpoints before anything is tracked; a seed scored in
+    a worker process (no such check before it) refuses them at every load as well."""
+    from gil.errors import GilError
+    from gil.evaluate import Evaluator
+
+    config, data, split, out = trained
+    other = config.model_copy(update={"train": config.train.model_copy(update={"lr": 0.001})})
+    evaluator = Evaluator(other, "finetune", data, split, out)
+    with pytest.raises(GilError, match="different config"):
+        evaluator.check_checkpoints()
+    with pytest.raises(GilError, match="different config"):
+        evaluator.evaluate_seed(0, {})
+    Evaluator(config, "finetune", data, split, out).check_checkpoints()  # its own config passes
+
+
+def test_who_scores_the_seeds() -> None:
+    """A given runner always; worker processes only for several jobs and several seeds; else here."""
+    from gil.evaluate import seed_runner
+    from gil.train.parallel import run_seeds_in_processes
+
+    def config(jobs: int, seeds: list[int]):
+        return make_config(train={"seeds": seeds}, compute={"jobs": jobs})
+
+    def given(work, jobs, label, progress):  # noqa: ANN001, ANN202 - a gil Runner
+        yield from ()
+
+    assert seed_runner(config(2, [0, 1]), None) is run_seeds_in_processes
+    assert seed_runner(config(3, [0, 1, 2]), None) is run_seeds_in_processes
+    assert seed_runner(config(1, [0, 1]), None) is None
+    assert seed_runner(config(2, [0]), None) is None
+    for jobs, seeds in ((1, [0]), (2, [0, 1]), (1, [0, 1])):
+        assert seed_runner(config(jobs, seeds), given) is given

@@ -109,6 +109,10 @@ def test_c_is_chosen_on_the_validation_cells_not_the_test_cells() -> None:
     x_val, y_val = np.array([[2.0], [-2.0]]), np.array([1, 0])
     predictions = _best_c_predictions(x_train, y_train, x_val, y_val, x_test, [1e-6, 100.0], 0)
     assert predictions.tolist() == [1, 1]
+    # a tie on validation (both right) goes to the smaller C: the stronger regularisation
+    x_val, y_val = np.array([[-2.0]]), np.array([0])
+    predictions = _best_c_predictions(x_train, y_train, x_val, y_val, x_test, [100.0, 1e-6], 0)
+    assert predictions.tolist() == [0, 0]
 
 
 def test_paired_delta_and_its_standard_error() -> None:
@@ -151,3 +155,61 @@ def test_a_probe_reports_its_binomial_error_macro_f1_and_knn_on_separable_classe
     a = noisy.accuracy
     assert noisy.accuracy_se == pytest.approx(np.sqrt(a * (1 - a) / 60)) and 0 < a < 1
     assert 0 <= noisy.macro_f1 <= 1 and noisy.macro_f1 != pytest.approx(a)
+
+
+def test_the_default_probe_input_is_the_top_expressed_genes_and_one_set_can_be_asked_for(
+    builder: BatchBuilder,
+) -> None:
+    rows = np.flatnonzero(builder.cell_stages == EVAL_STAGE)[:6]
+    top = input_expression(builder, rows, 1, 3, 4, 5, "top_expressed")
+    assert np.array_equal(input_expression(builder, rows, 1, 3, 4, 5), top)
+    assert not np.array_equal(input_expression(builder, rows, 1, 3, 4, 5, "sampled"), top)
+    # one set's genes, whatever the input mode: exactly the own-genes probe batch, nothing else
+    own = input_expression(builder, rows, 2, 3, 6, 32, "sampled", only_set=1)
+    batch = builder.probe_batch(rows, 2, 32, only_set=1)
+    first_gene = int(np.argmax(builder.set_of_token >= 0))
+    expected = np.zeros_like(own)
+    for i in range(len(rows)):
+        for gene, value, pad in zip(batch.genes[i], batch.values[i], batch.padding[i], strict=True):
+            if not pad and int(gene) >= first_gene:
+                expected[i, int(gene) - first_gene] = float(value)
+    np.testing.assert_array_equal(own, expected)
+    set_one = builder.set_of_token[np.flatnonzero(own.any(axis=0)) + first_gene]
+    assert set(set_one.tolist()) == {1}
+
+
+def test_each_class_is_dealt_on_from_where_the_previous_class_stopped() -> None:
+    """Classes are dealt in label order (0, 1, 2), each starting at the fold after the last cell of
+    the one before: 7 cells from fold 0, 4 from fold 7 % 5 = 2, 3 from fold 11 % 5 = 1."""
+    targets = np.array([2] * 3 + [0] * 7 + [1] * 4)
+    fold = fold_of_cells(targets, 5, seed=1)
+    assert sorted(fold[targets == 0].tolist()) == [0, 0, 1, 1, 2, 3, 4]
+    assert sorted(fold[targets == 1].tolist()) == [0, 2, 3, 4]
+    assert sorted(fold[targets == 2].tolist()) == [1, 2, 3]
+
+
+def test_a_probe_fit_that_does_not_converge_warns_nobody() -> None:
+    """Badly scaled features stop lbfgs at its iteration limit; the probe silences exactly that
+    warning (it would drown every evaluation's log), and nothing else goes wrong."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 20))
+    x[:, 0] *= 1e4
+    y = rng.integers(0, 3, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictions = _best_c_predictions(x, y, x[:10], y[:10], x[:5], [1e4], 0)
+    assert predictions.shape == (5,) and set(predictions.tolist()) <= {0, 1, 2}
+
+
+def test_cross_validation_picks_c_by_the_validation_labels() -> None:
+    """Separable but unbalanced classes: the strongest regularisation predicts the majority class
+    (accuracy 40/60); C chosen by validation accuracy separates them all."""
+    from gil.metrics.probes import cross_validated_probe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [40, 20])
+    features = labels[:, None] * 4.0 + rng.normal(scale=0.3, size=(60, 2))
+    assert cross_validated_probe(features, labels, 5, [1e-8], 5, 0).accuracy == pytest.approx(40 / 60)
+    assert cross_validated_probe(features, labels, 5, [1e-8, 1.0], 5, 0).accuracy == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,7 +95,9 @@ def test_pearson_from_running_sums_matches_numpy() -> None:
     p, t = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 5.0, 9.0])
     sums = (len(p), p.sum(), t.sum(), (p * p).sum(), (t * t).sum(), (p * t).sum())
     assert _pearson(*sums) == pytest.approx(np.corrcoef(p, t)[0, 1])
-    assert np.isnan(_pearson(3, 3.0, 6.0, 3.0, 14.0, 6.0))  # constant predictions: undefined
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined is decided, not divided by zero
+        assert np.isnan(_pearson(3, 3.0, 6.0, 3.0, 14.0, 6.0))  # constant predictions: undefined
 
 
 def test_skill_against_a_hand_computed_matrix() -> None:

@@ -38,7 +38,9 @@ def gene_means(builder: BatchBuilder, training_rows: np.ndarray) -> np.ndarray:
         shown = (sets == 0) | (sets == own_stage)
         sums += np.bincount(tokens[shown], weights=values[shown], minlength=n_tokens)
         counts += np.bincount(tokens[shown], minlength=n_tokens)
-    return np.divide(sums, counts, out=np.zeros(n_tokens), where=counts > 0)
+    means = np.zeros(n_tokens)  # tokens never carried keep 0: `where` leaves them untouched
+    np.divide(sums, counts, out=means, where=counts > 0)
+    return means
 
 
 class GeneMeanPredictor(nn.Module):
