@@ -399,7 +399,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, AN
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under ``make mutants`` a test's cost includes its fixtures' setup (see ``_mutmut_costs.py``)."""
-    from _mutmut_costs import register_if_mutmut_collects_stats
+    """Under ``make mutants`` a test's cost includes its fixtures' setup (see ``_mutmut.py``)."""
+    from _mutmut import register_if_mutmut_collects_stats
 
     register_if_mutmut_collects_stats(config)

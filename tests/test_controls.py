@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _mutmut import train_checkpoints
 from factories import make_config, make_processed, make_split
 
 from gil.controls import (
@@ -20,7 +21,6 @@ from gil.controls import (
 from gil.errors import GilError
 from gil.evaluate import evaluate_strategy, seed_runner
 from gil.model import GeneTransformer
-from gil.train.loop import train_strategy
 from gil.train.parallel import run_seeds_in_processes
 
 
@@ -79,7 +79,7 @@ def trained(tmp_path_factory):
         evaluate={"seed": 7, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}},
     )
     out = tmp_path_factory.mktemp("ckpt")
-    train_strategy(config, "finetune", data, split, out, progress=False)
+    train_checkpoints(config, "finetune", data, split, out)  # trained once per mutmut run
     return config, data, split, out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _mutmut import train_checkpoints
 from conftest import new_sqlite_store
 from factories import make_config, make_processed, make_split
 
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
         evaluate={"seed": 7, "repeats": 1, "batch_size": 32, "probe": {"folds": 3, "c_grid": [1.0]}},
     )
     out = tmp_path_factory.mktemp("ckpt")
-    train_strategy(config, "finetune", data, split, out, progress=False)
+    train_checkpoints(config, "finetune", data, split, out)  # trained once per mutmut run
     return config, data, split, out
 
 

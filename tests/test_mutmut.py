@@ -1,0 +1,92 @@
+"""``make mutants``: a test costs its fixtures too; training is done once for the mutants it cannot see."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from _mutmut import TRAINING_CACHE, FixtureCosts, train_checkpoints
+from factories import make_config, make_processed, make_split
+
+pytest_plugins = ["pytester"]
+
+
+def test_a_tests_cost_includes_the_setup_of_every_fixture_it_uses(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def trained():
+            time.sleep(0.3)
+
+        @pytest.fixture
+        def scored(trained):
+            time.sleep(0.1)
+
+        def test_first_user(trained):
+            pass
+
+        def test_later_user(scored):
+            pass
+
+        def test_no_fixture():
+            pass
+        """
+    )
+    costs: defaultdict[str, float] = defaultdict(float)
+    pytester.runpytest_inprocess("-p", "no:randomly", plugins=[FixtureCosts(costs)]).assert_outcomes(passed=3)
+    by_name = {nodeid.rsplit("::", 1)[1]: seconds for nodeid, seconds in costs.items()}
+    # the module fixture is charged to every test using it, not only the one that built it
+    assert 0.3 <= by_name["test_first_user"] < 0.4
+    assert 0.4 <= by_name["test_later_user"] < 0.55
+    assert by_name["test_no_fixture"] < 0.05
+
+
+def test_training_is_kept_for_mutants_it_does_not_run_and_redone_for_those_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During mutmut's stats run the fixture trains and keeps its checkpoints with the functions
+    training executed; a mutant outside them gets the kept checkpoints, one inside trains anew."""
+    mutmut_state = pytest.importorskip("mutmut.state")  # the `mutants` extra, not installed in CI
+    import gil.train.loop as loop
+
+    monkeypatch.chdir(tmp_path)  # mutmut's working directory holds the kept training
+    data = make_processed(n_cells=60, n_genes=20)
+    split = make_split(data, genes_per_stage=4)
+    config = make_config()
+    trainings: list[Path] = []
+    original = loop.train_strategy
+
+    def recording(config, strategy, data, split, out, **kwargs):  # noqa: ANN001, ANN202
+        trainings.append(out)
+        return original(config, strategy, data, split, out, **kwargs)
+
+    monkeypatch.setattr(loop, "train_strategy", recording)
+    state = mutmut_state.state()
+    monkeypatch.setattr(state, "_stats", {"gil.earlier.x_seen_by_the_test"})
+
+    def train(out: Path, mutant: str | None) -> list[str]:
+        if mutant is None:
+            monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+        else:
+            monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+        train_checkpoints(config, "finetune", data, split, out)
+        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+    kept = train(tmp_path / "stats", "stats")
+    assert trainings == [tmp_path / "stats"] and kept and "gil.earlier.x_seen_by_the_test" in state._stats
+    (entry,) = TRAINING_CACHE.iterdir()
+    # here gil is not mutated, so nothing was recorded; say training runs `x_trained_here`
+    assert json.loads((entry / "executed.json").read_text()) == []
+    (entry / "executed.json").write_text(json.dumps(["gil.evaluate.x_trained_here"]))
+
+    assert train(tmp_path / "reused", "gil.evaluate.x_scored_here__mutmut_3") == kept
+    assert len(trainings) == 1  # copied, not trained
+    assert train(tmp_path / "retrained", "gil.evaluate.x_trained_here__mutmut_3") == kept
+    assert trainings[-1] == tmp_path / "retrained"
+    assert train(tmp_path / "plain", None) == kept and trainings[-1] == tmp_path / "plain"
+    assert len(list(TRAINING_CACHE.iterdir())) == 1
