@@ -281,3 +281,13 @@ def test_query_distillation_keeps_earlier_genes_nearer_the_teacher_than_the_pape
             student, teacher = _forward(trainer.model, batch).mlm, _forward(stage_one, batch).mlm
         gaps[name] = float(((student - teacher)[batch.gene_sets == 1] ** 2).mean())
     assert gaps["query"] < 0.5 * gaps["literal"] and gaps["query"] < 0.5 * gaps["finetune"]
+
+
+def test_a_single_earlier_gene_is_still_queried(tmp_path, data_and_split) -> None:
+    """T1 of one gene: one query candidate, and its term is there (the smallest old-gene set)."""
+    data, _ = data_and_split
+    trainer = _trainer(tmp_path, (data, make_split(data, n_stages=2, genes_per_stage=1)), QUERY_DISTILL)
+    ctx, _ = _enter_stage_two(trainer)
+    batch = trainer.strategy.augment_batch(ctx, _stage_two_batch(trainer), np.random.default_rng(0))
+    assert bool(batch.queries.any()) and int(batch.queries.sum(dim=1).max()) == 1
+    assert set(trainer.strategy.loss_terms(ctx, batch, ctx.forward(batch))) == {"distill", "distill_query"}

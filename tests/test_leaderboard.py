@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from _mlflow_helpers import (  # noqa: F401 - fixtures are registered by import
     server_url,
     sqlite_uri,
 )
+from mlflow import MlflowClient
 
 from gil.config import TrackingConfig
 from gil.errors import GilError
@@ -91,6 +93,11 @@ def test_run_leaderboard_writes_files_and_one_leaderboard_run(
     page = html.read_text(encoding="utf-8")
     assert page.startswith('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Leaderboard</title>')
     assert page.index("<td>replay</td>") < page.index("<td>naive</td>") and "0.15 ± 0.071" in page
+    # the table as displayed: its own header, no index column, no border attribute
+    assert (
+        '<table class="dataframe">\n  <thead>\n    <tr style="text-align: right;">\n      <th>rank</th>\n'
+        in page
+    )
     assert markdown.startswith(
         f"# Leaderboard: {benchmark.experiment}\n\nRanked by mean `forgetting` over seeds (lower is better), "
         "ties by `final_mse`; cells are mean ± sample std."
@@ -142,6 +149,31 @@ def test_ui_links_open_training_pages() -> None:
         "http://h:1/#/experiments/7/runs?viewStateShareKey=gil-leaderboard&workflowType=machine_learning"
     )
     assert experiment_url("http://h:1/", "7") == "http://h:1/#/experiments/7?workflowType=machine_learning"
+    # only slashes are trimmed from the address
+    assert experiment_url("http://h:1/BOX/", "7").startswith("http://h:1/BOX/#/experiments/7?")
+    assert leaderboard_url("http://h:1/BOX/", "7").startswith("http://h:1/BOX/#/experiments/7/runs?")
+
+
+def test_a_tuned_rows_name_is_made_metric_safe() -> None:
+    from gil.tracking.leaderboard import metric_safe
+
+    assert metric_safe("replay@tuned") == "replay:tuned" and metric_safe("replay") == "replay"
+
+
+def test_the_ui_view_is_published_with_the_default_ranking_and_found_again(sqlite_uri: str) -> None:
+    """What ``gil ui`` publishes when the experiment has no view yet: forgetting, lower first,
+    ties by final MSE."""
+    from gil.tracking.leaderboard import has_leaderboard_view, publish_leaderboard_view
+
+    _record_deltas(sqlite_uri, "viewless", {"replay": {0: 0.1}})
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    experiment_id = client.get_experiment_by_name("viewless").experiment_id
+    assert not has_leaderboard_view(client, experiment_id)
+    publish_leaderboard_view(client, experiment_id)
+    assert has_leaderboard_view(client, experiment_id)
+    view = json.loads(client.get_experiment(experiment_id).tags["mlflow.sharedViewState.gil-leaderboard"])
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`forgetting`", True)
+    assert view["selectedColumns"][:3] == ["metrics.`forgetting`", "metrics.`final_mse`", "metrics.`delta`"]
 
 
 def test_ties_are_broken_by_final_mse_ascending_and_a_missing_metric_ranks_last(sqlite_uri: str) -> None:
@@ -310,6 +342,8 @@ def test_delta_vs_finetune_is_paired_by_seed_with_a_t_interval(sqlite_uri: str, 
     assert csv.loc["replay", "delta_vs_finetune_lo"] == pytest.approx(-0.25 - half)
     tracker = MlflowTracker(sqlite_uri, "paired")
     (board,) = tracker.client.search_runs([tracker.experiment_id], "tags.`gil.kind` = 'leaderboard'")
+    (point,) = tracker.client.get_metric_history(board.info.run_id, "delta_vs_finetune/replay")
+    assert point.step == 0  # one value per leaderboard run, at step 0 like the other summaries
     assert board.data.metrics == pytest.approx(
         {
             "delta_vs_finetune/replay": -0.25,
@@ -348,7 +382,11 @@ def test_the_suite_leaderboard_ranks_the_suites_strategies_only(sqlite_uri: str,
             tracker.begin_run(strategy, 0, {"lr": 0.001}, {SETTING_TAG: setting}, resume=False)
             tracker.log_summary({"delta": delta}, [])
             tracker.end_run()
+        tracker.begin_run("finetune", 1, {"lr": 0.001}, {SETTING_TAG: "a"}, resume=False)
+        tracker.log_summary({"delta": 99.0}, [])
+        tracker.end_run("FAILED")  # never finished: not a result
     assert set(fetch_suite_runs(sqlite_uri, "suite-only")["strategy"]) == {"finetune", "replay", "extra"}
+    assert 99.0 not in set(fetch_suite_runs(sqlite_uri, "suite-only")["delta"])
     suite = fetch_suite_runs(sqlite_uri, "suite-only", ["finetune", "replay"])
     assert sorted(zip(suite["setting"], suite["strategy"], strict=True)) == [
         ("a", "finetune"),
@@ -387,5 +425,14 @@ def test_the_suite_leaderboard_ranks_the_suites_strategies_only(sqlite_uri: str,
     unknown = r"no suite run of 'suite-only' has metric 'forgetting'; available: delta$"
     with pytest.raises(GilError, match=unknown):
         run_suite_leaderboard(config, "suite-only", "forgetting", tmp_path, ["finetune", "replay"])
-    with pytest.raises(GilError, match="no finished suite runs of ewc"):
-        fetch_suite_runs(sqlite_uri, "suite-only", ["ewc"])
+    ewc = (
+        "MLflow experiment 'suite-only' has no finished suite runs of ewc, extra2 (tagged gil.setting) yet; "
+    )
+    with pytest.raises(GilError, match=re.escape(ewc + "run `dvc repro pipelines/suite/dvc.yaml` first")):
+        fetch_suite_runs(sqlite_uri, "suite-only", ["ewc", "extra2"])
+    MlflowClient(tracking_uri=sqlite_uri).create_experiment("suite-empty")
+    empty = "MLflow experiment 'suite-empty' has no finished suite runs (tagged gil.setting) yet; run `dvc"
+    with pytest.raises(GilError, match=re.escape(empty)):
+        fetch_suite_runs(sqlite_uri, "suite-empty")
+    with pytest.raises(GilError, match=re.escape(f"MLflow experiment 'nowhere' not found at {sqlite_uri};")):
+        fetch_suite_runs(sqlite_uri, "nowhere")
