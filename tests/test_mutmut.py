@@ -10,6 +10,8 @@ import pytest
 from _mutmut import TRAINING_CACHE, FixtureCosts, train_checkpoints
 from factories import make_config, make_processed, make_split
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytest_plugins = ["pytester"]
 
 
@@ -90,3 +92,30 @@ def test_training_is_kept_for_mutants_it_does_not_run_and_redone_for_those_it_ru
     assert trainings[-1] == tmp_path / "retrained"
     assert train(tmp_path / "plain", None) == kept and trainings[-1] == tmp_path / "plain"
     assert len(list(TRAINING_CACHE.iterdir())) == 1
+
+
+def test_reviewed_equivalents_are_marked_skipped_and_stale_names_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mutmut")  # the report reads mutmut's status names
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutants_report", ROOT / "benchmarks" / "mutants_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    meta = tmp_path / "evaluate.py.meta"
+    codes = {"gil.e.x_f__mutmut_1": None, "gil.e.x_f__mutmut_2": None, "gil.e.x_f__mutmut_3": 1}
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "durations_by_key": {}}))
+    equivalent = {"gil.e.x_f__mutmut_2", "gil.e.x_f__mutmut_3", "gil.e.x_gone__mutmut_9"}
+    assert report.skip_equivalents([meta], equivalent) == 0
+    after = json.loads(meta.read_text())
+    # untested equivalents skipped (34), a result already there kept, the rest left to test
+    assert after["exit_code_by_key"] == {
+        "gil.e.x_f__mutmut_1": None,
+        "gil.e.x_f__mutmut_2": 34,
+        "gil.e.x_f__mutmut_3": 1,
+    }
+    assert after["durations_by_key"] == {}
+    out = capsys.readouterr().out
+    assert "2 reviewed equivalents marked skipped" in out
+    assert "not a mutant any more (review it again): gil.e.x_gone__mutmut_9" in out
