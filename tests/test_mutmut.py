@@ -119,3 +119,39 @@ def test_reviewed_equivalents_are_marked_skipped_and_stale_names_reported(
     out = capsys.readouterr().out
     assert "2 reviewed equivalents marked skipped" in out
     assert "not a mutant any more (review it again): gil.e.x_gone__mutmut_9" in out
+
+
+def test_a_mutants_own_module_tests_run_first_each_group_in_the_order_given(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _mutmut import own_tests_first
+
+    for name in ("test_other", "test_evaluate", "test_evaluate_summary", "test_evaluated_elsewhere"):
+        pytester.makepyfile(**{name: "def test_a():\n    pass\n\ndef test_b():\n    pass\n"})
+
+    class OwnFirst:
+        def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+            own_tests_first(items)
+
+    given = [
+        "test_other.py::test_a",
+        "test_evaluated_elsewhere.py::test_a",
+        "test_evaluate.py::test_b",
+        "test_evaluate_summary.py::test_a",
+        "test_evaluate.py::test_a",
+    ]
+
+    def order(mutant: str) -> list[str]:
+        monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+        result = pytester.runpytest_inprocess("-p", "no:randomly", "-v", *given, plugins=[OwnFirst()])
+        return [line.split(" ")[0] for line in result.outlines if " PASSED" in line]
+
+    assert order("gil.evaluate.x_seed_artifacts__mutmut_9") == [
+        given[2],
+        given[3],
+        given[4],
+        given[0],
+        given[1],
+    ]
+    assert order("gil.metrics.probes.x_fold_of_cells__mutmut_2") == given  # no test_probes file here
+    assert order("stats") == given
