@@ -262,11 +262,23 @@ def test_an_unreachable_server_is_named_before_any_work(tmp_path: Path) -> None:
 def test_every_page_of_runs_is_read(sqlite_uri: str) -> None:
     from gil.tracking.leaderboard import _CURRENT_PARENTS, _search_all
 
+    class CountingClient(MlflowClient):
+        """The real client; a page loop that never ends fails at once instead of filling memory."""
+
+        pages = 0
+
+        def search_runs(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            CountingClient.pages += 1
+            assert CountingClient.pages <= 3, "5 runs in pages of 2 are 3 pages"
+            return super().search_runs(*args, **kwargs)
+
     tracker = MlflowTracker(sqlite_uri, "pages")
     for seed in range(5):
         record_run(tracker, "a", seed, {"forgetting": 0.1 * seed})
-    runs = _search_all(tracker.client, tracker.experiment_id, _CURRENT_PARENTS, page_size=2)
+    client = CountingClient(tracking_uri=sqlite_uri)
+    runs = _search_all(client, tracker.experiment_id, _CURRENT_PARENTS, page_size=2)
     assert sorted(run.data.tags["gil.seed"] for run in runs) == ["0", "1", "2", "3", "4"]
+    assert CountingClient.pages == 3
 
 
 def test_rank_first_other_metrics_kept_and_an_absent_or_same_tiebreak_ignored(sqlite_uri: str) -> None:
