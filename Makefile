@@ -75,7 +75,7 @@ test: install browser  ## run the whole test suite, slow end-to-end tests includ
 test-fast: install  ## skip the slow end-to-end tests
 	$(PYTEST) -m "not slow"
 
-mutants: install  ## mutation testing of evaluation, metrics, strategies, leaderboard, sweep selection (~70 min)
+mutants: install  ## mutation testing of evaluation, metrics, strategies, leaderboard, sweep selection (~25 min)
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[mutants]"
 	rm -rf mutants
 	@# 1. generate the mutants, map tests to functions, test the cheapest module (sweep selection);
