@@ -301,7 +301,7 @@ BUGS = [
     Bug(
         "train: embedding_lr_scale always in the fingerprint (old checkpoints refused)",
         "train/loop.py",
-        '"embedding_lr_scale": 1.0, ',
+        '    "embedding_lr_scale": 1.0,\n',
         "",
         ("test_train.py",),
     ),
