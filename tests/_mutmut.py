@@ -110,10 +110,10 @@ def train_checkpoints(config: Config, strategy: str, data: ProcessedData, split:
 def _reuse(entry: Path, out: Path, mutant: str) -> bool:
     from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
-    if not entry.is_dir() or mangled_name_from_mutant_name(mutant) in json.loads(
-        (entry / "executed.json").read_text()
-    ):
+    if not entry.is_dir():
         return False
+    if mangled_name_from_mutant_name(mutant) in json.loads((entry / "executed.json").read_text()):
+        return False  # training runs the mutated function: train with the mutant
     shutil.copytree(entry / "checkpoints", out, dirs_exist_ok=True)
     return True
 
