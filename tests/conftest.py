@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from gil.command_server import ENV_VAR
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -218,15 +220,8 @@ def stages_repro_would_run(repo: Path, env: dict, pipeline: str = "dvc.yaml") ->
     return {name.split(":")[-1] for name in would_run}
 
 
-def init_project(repo: Path, data: Path, pipeline_file: str, pipeline: dict, params: dict) -> dict:
-    """A new git + DVC repo ``repo`` holding ``pipeline`` (at ``pipeline_file``), ``params`` (with
-    ``data``, an .h5ad or a SOMA experiment's directory, copied to ``raw.h5ad`` or ``raw.soma`` and
-    tracked by DVC), copies of the project's source files the pipeline depends on and a local DVC
-    remote beside the repo; committed. Returns the environment to run in."""
-    import shutil
-
-    import yaml
-
+def project_environment() -> dict[str, str]:
+    """The environment the tests' DVC projects run in (and their command server starts in)."""
     env = {
         **os.environ,
         "DVC_NO_ANALYTICS": "1",
@@ -236,9 +231,60 @@ def init_project(repo: Path, data: Path, pipeline_file: str, pipeline: dict, par
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_SITE_CACHE_DIR": str(repo / ".site-cache"),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop(ENV_VAR, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def command_server() -> Iterator[Path]:
+    """A ``gil serve`` for this session's (this xdist worker's) DVC projects: their stages run in
+    forks of it instead of fresh processes that import torch and MLflow again, ~5 s each
+    (``benchmarks/README.md``; what a fork shares with a fresh process: ``gil.command_server``).
+    Stages run fresh where it declines; its log (``serve.log`` beside the socket) says why."""
+    import subprocess
+    import tempfile
+    import time
+
+    folder = Path(tempfile.mkdtemp(prefix="gil-serve-"))  # short: a socket path has ~100 characters
+    socket, log = folder / "gil.sock", folder / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gil.cli", "serve", "--socket", str(socket)],
+            env=project_environment(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert socket.exists(), f"gil serve did not start:\n{log.read_text()}"
+    yield socket
+    server.terminate()
+    server.wait(timeout=60)
+
+
+def init_project(
+    repo: Path,
+    data: Path,
+    pipeline_file: str,
+    pipeline: dict,
+    params: dict,
+    command_server: Path | None = None,
+) -> dict:
+    """A new git + DVC repo ``repo`` holding ``pipeline`` (at ``pipeline_file``), ``params`` (with
+    ``data``, an .h5ad or a SOMA experiment's directory, copied to ``raw.h5ad`` or ``raw.soma`` and
+    tracked by DVC), copies of the project's source files the pipeline depends on and a local DVC
+    remote beside the repo; committed. Returns the environment to run in: with ``command_server``,
+    its ``gil`` commands run there."""
+    import shutil
+
+    import yaml
+
+    env = {**project_environment(), "DVC_SITE_CACHE_DIR": str(repo / ".site-cache")}
+    if command_server is not None:
+        env[ENV_VAR] = str(command_server)
     (repo / pipeline_file).parent.mkdir(parents=True, exist_ok=True)
     (repo / pipeline_file).write_text(yaml.safe_dump(pipeline, sort_keys=False))
     raw = "raw.soma" if data.is_dir() else "raw.h5ad"
@@ -316,7 +362,12 @@ def tracked_to(repo: Path) -> dict:
     return {"enabled": True, "uri": f"sqlite:///{repo}/mlruns/mlflow.db", "register_models": False}
 
 
-def build_tiny_project(repo: Path, data: Path, customise: Callable[[dict, Path], None] | None = None) -> dict:
+def build_tiny_project(
+    repo: Path,
+    data: Path,
+    customise: Callable[[dict, Path], None] | None = None,
+    command_server: Path | None = None,
+) -> dict:
     """Run the project's pipeline (minus the Zeisel stage) on ``data`` (an .h5ad or a SOMA experiment)
     in a new repo (:func:`init_project`) with tiny params and tracking to ``repo/mlruns/mlflow.db``.
     ``customise(params, repo)`` may change the params and add files before the first commit. Returns
@@ -328,7 +379,7 @@ def build_tiny_project(repo: Path, data: Path, customise: Callable[[dict, Path],
     params = {**tiny_pipeline_params(data), "tracking": tracked_to(repo)}
     if customise is not None:
         customise(params, repo)
-    env = init_project(repo, data, "dvc.yaml", pipeline, params)
+    env = init_project(repo, data, "dvc.yaml", pipeline, params, command_server)
     _run_checked([sys.executable, "-m", "dvc", "repro"], repo, env)
     return env
 
@@ -344,14 +395,16 @@ def _source_deps(pipeline: dict) -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def dvc_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) -> tuple[Path, dict]:
+def dvc_project(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path, command_server: Path
+) -> tuple[Path, dict]:
     """A finished tiny benchmark (finetune and replay, one seed) built by real ``dvc repro``.
 
     Shared by the pipeline and notebook tests to run the pipeline once. Read-only: a test that
     changes a project works on a copy (``own_project`` in ``test_pipeline.py``).
     """
     repo = tmp_path_factory.mktemp("project")
-    return repo, build_tiny_project(repo, synthetic_h5ad, with_tuned_finetune)
+    return repo, build_tiny_project(repo, synthetic_h5ad, with_tuned_finetune, command_server)
 
 
 TUNED_FINETUNE_LR = 0.01

@@ -347,7 +347,7 @@ def test_train_base_keeps_the_pretrained_model_as_stage_zero(
 
 
 @pytest.mark.slow
-def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path) -> None:
+def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path, command_server: Path) -> None:
     """``dvc repro`` with finetune and replay from an scGPT checkpoint knowing half of the genes."""
     import mlflow
     from conftest import build_tiny_project
@@ -362,7 +362,7 @@ def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path)
 
     repo = tmp_path / "project"
     repo.mkdir()
-    build_tiny_project(repo, synthetic_h5ad, customise)
+    build_tiny_project(repo, synthetic_h5ad, customise, command_server)
     split = Split.load(repo / "data" / "split")
     sets = dict(split.gene_sets)
     assert all(gene.upper() in HALF for gene in sets["B"]) and all(

@@ -298,12 +298,13 @@ def _suite_params(h5ad: Path, repo: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def suite_project(tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path) -> tuple[Path, dict]:
+def suite_project(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_h5ad: Path, command_server: Path
+) -> tuple[Path, dict]:
     repo = tmp_path_factory.mktemp("suite")
     pipeline = yaml.safe_load((ROOT / "pipelines" / "suite" / "dvc.yaml").read_text())
-    env = init_project(
-        repo, synthetic_h5ad, "pipelines/suite/dvc.yaml", pipeline, _suite_params(synthetic_h5ad, repo)
-    )
+    params = _suite_params(synthetic_h5ad, repo)
+    env = init_project(repo, synthetic_h5ad, "pipelines/suite/dvc.yaml", pipeline, params, command_server)
     _run_checked([sys.executable, "-m", "dvc", "repro", "pipelines/suite/dvc.yaml"], repo, env)
     return repo, env
 

@@ -7,6 +7,7 @@ Heavy libraries are imported inside the helpers and commands so that ``gil --hel
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+
+def run_app() -> None:
+    """Run the command of ``sys.argv``, turning user errors into one line and exit status 2."""
+    try:
+        app()
+    except GilError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Params file (YAML).")]
 DEFAULT_PARAMS = Path("params.yaml")

@@ -92,6 +92,13 @@ _MAX_DIGEST_CHARS = 36  # MLflow's limit on a dataset digest
 _RunStatusName = Literal["FINISHED", "FAILED", "KILLED"]
 
 
+def import_lazy_parts() -> None:
+    """Import what MLflow imports on first use: the SQLite store (~0.7 s) and the PyTorch flavour.
+    For ``gil serve`` (:mod:`gil.command_server`), whose forks then skip it."""
+    import mlflow.pytorch  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
 def _safe_name(text: str) -> str:
     """``text`` with characters outside ``[A-Za-z0-9._-]`` replaced, for model names and folders."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "default"
