@@ -193,3 +193,63 @@ def test_serve_refuses_a_taken_path_and_a_missing_folder(run_cli, tmp_path: Path
     assert taken.read_text() == ""  # left as it was
     result = run_cli("serve", "--socket", tmp_path / "no" / "such.sock")
     assert result.code == 2 and "is not a directory" in result.stderr
+
+
+def test_serve_wraps_a_command_serves_its_gil_commands_and_exits_with_its_status(tmp_path: Path) -> None:
+    """``gil serve -- COMMAND`` (what ``make run`` does): the command's gil processes are served, its
+    exit status is the server's, and the socket is gone afterwards."""
+    log = tmp_path / "serve.log"
+    script = f"{sys.executable} -m gil.cli --help > help.txt && exit 3"
+    code, _, err = _finished(
+        ["serve", "--log", log, "--", "sh", "-c", script], project_environment(), tmp_path
+    )
+    assert code == 3, err
+    assert "Usage" in (tmp_path / "help.txt").read_text()
+    served = re.search(
+        r"ready on (\S+): .*\nrunning 'gil --help' .*\nran 'gil --help' .*\{'exit': 0\}",
+        log.read_text().replace("gil serve: ", ""),
+    )
+    assert served, log.read_text()
+    assert not Path(served.group(1)).exists()
+
+
+def test_serve_refuses_a_command_not_on_path(run_cli, tmp_path: Path) -> None:
+    result = run_cli("serve", "--socket", tmp_path / "s.sock", "--", "no-such-program-here")
+    assert (
+        result.code == 2
+        and result.stderr.count("\n") == 1
+        and "command not found: no-such-program-here" in result.stderr
+    )
+    assert list(tmp_path.iterdir()) == []
+    result = run_cli("serve")
+    assert result.code == 2 and "give --socket PATH" in result.stderr
+
+
+def test_a_stopped_server_kills_its_commands_and_their_clients_say_so(long_training, tmp_path: Path) -> None:
+    socket, log = tmp_path / "s.sock", tmp_path / "serve.log"
+    env = project_environment()
+    server = _gil(["serve", "--socket", socket, "--log", log], env, tmp_path)
+
+    def logged(pattern: str) -> re.Match:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and (match := re.search(pattern, log.read_text()))):
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()
+            time.sleep(0.05)
+        return match
+
+    client = None
+    try:
+        logged("ready on")
+        client = _gil(long_training("orphan"), {**env, ENV_VAR: str(socket)}, tmp_path)
+        pid = int(logged(r"running .* \(pid (\d+)\)").group(1))
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+        _, err = client.communicate(timeout=60)
+    finally:
+        for process in (server, client):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert client.returncode == 1 and "stopped before the command ended" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not socket.exists()

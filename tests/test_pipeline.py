@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -37,8 +38,14 @@ def own_project(dvc_project: tuple[Path, dict], tmp_path: Path) -> tuple[Path, d
     return copy, {**env, "DVC_SITE_CACHE_DIR": str(copy / ".site-cache")}
 
 
-def test_repro_builds_every_output(project) -> None:
+def test_repro_builds_every_output(project, command_server: Path) -> None:
     repo, _ = project
+    # Every stage ran in the session's `gil serve`: none had to start a fresh interpreter.
+    log = command_server.with_name("serve.log").read_text()
+    assert "ran 'gil train --strategy replay --base checkpoints/base --fresh'" in log
+    assert not re.search(
+        r"declined 'gil (prepare|split|reference|train|evaluate|controls|report|leaderboard)", log
+    )
     for name in ("finetune", "replay"):
         metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
         assert len(metrics["regression"]["matrix"]) == 3

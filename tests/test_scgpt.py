@@ -347,7 +347,9 @@ def test_train_base_keeps_the_pretrained_model_as_stage_zero(
 
 
 @pytest.mark.slow
-def test_dvc_repro_from_a_pretrained_model(tmp_path: Path, synthetic_h5ad: Path, command_server: Path) -> None:
+def test_dvc_repro_from_a_pretrained_model(
+    tmp_path: Path, synthetic_h5ad: Path, command_server: Path
+) -> None:
     """``dvc repro`` with finetune and replay from an scGPT checkpoint knowing half of the genes."""
     import mlflow
     from conftest import build_tiny_project

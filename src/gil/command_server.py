@@ -197,16 +197,22 @@ class CommandServer:
         e.g. ``KMP_DUPLICATE_LIB_OK``; a command gets those unless its client sets them itself)."""
         self.path, self.run, self.log = path, run, log
         self.owner = os.getpid()
+        self.environment_before = dict(environment)
         self.environment = import_time_environment(environment)
         self.set_by_imports = {key: value for key, value in os.environ.items() if key not in environment}
+        self.wrapped: int | None = None  # pid of the command `gil serve -- COMMAND` runs
+        self.wrapped_status = 0
         self.stamp = source_stamp()
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.children: dict[int, tuple[socket.socket, str, float]] = {}  # pid: (client, command, start)
         self.stopping = False
 
-    def serve_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT; then kill the commands still running and remove the socket."""
+    def serve_forever(self, wrapped: list[str] | None = None) -> int:
+        """Serve until SIGTERM or SIGINT, or, given ``wrapped``, while that command runs with
+        ``GIL_COMMAND_SERVER`` set (Ctrl-C is then the command's to handle, not the server's); then
+        kill the commands still running and remove the socket. The wrapped command's exit status
+        (128 + N for a command killed by signal N), else 0."""
         previous_mask = os.umask(0o177)  # the socket is the owner's only
         try:
             self.listener.bind(str(self.path))
@@ -214,8 +220,10 @@ class CommandServer:
             os.umask(previous_mask)
         self.listener.listen()
         self.selector.register(self.listener, selectors.EVENT_READ)
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._stop)
+        if wrapped is not None:
+            self.wrapped = _spawn(wrapped, {**self.environment_before, ENV_VAR: str(self.path)})
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop if wrapped is None else _ignore)
         self.log(f"ready on {self.path}: a gil started with {ENV_VAR}={self.path} runs here")
         try:
             while not self.stopping:
@@ -229,7 +237,11 @@ class CommandServer:
             if os.getpid() == self.owner:  # a command's fork unwinds through here too
                 for pid in list(self.children):
                     _kill_group(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                if self.wrapped is not None:
+                    os.kill(self.wrapped, signal.SIGTERM)
                 self.path.unlink(missing_ok=True)
+        return self.wrapped_status
 
     def _stop(self, _number: int, _frame: object) -> None:
         self.stopping = True
@@ -315,12 +327,19 @@ class CommandServer:
             _kill_group(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
-        while self.children:
+        while self.children or self.wrapped is not None:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 return
-            connection, command, start = self.children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            if pid == self.wrapped:
+                self.wrapped, self.wrapped_status, self.stopping = (
+                    None,
+                    code if code >= 0 else 128 - code,
+                    True,
+                )
+                continue
+            connection, command, start = self.children.pop(pid)
             outcome = {"signal": -code} if code < 0 else {"exit": code}
             self.log(f"ran {command} in {time.perf_counter() - start:.1f} s: {outcome}")
             if connection.fileno() != -1:
@@ -333,6 +352,16 @@ class CommandServer:
                 except OSError:
                     pass  # the client is gone
                 connection.close()
+
+
+def _spawn(command: list[str], environment: Mapping[str, str]) -> int:
+    """Start ``command`` (looked up on PATH) in the server's process group, which a terminal's Ctrl-C
+    reaches; its pid."""
+    return os.posix_spawnp(command[0], command, environment)
+
+
+def _ignore(_number: int, _frame: object) -> None:
+    """SIGINT while wrapping a command: the command and its clients handle Ctrl-C."""
 
 
 def _set_group(pid: int) -> None:
@@ -385,13 +414,17 @@ def _reseed() -> None:
         numpy.random.seed()
 
 
-def serve(path: Path, run: Callable[[], None]) -> None:
-    """Preload, then serve commands on ``path`` until SIGTERM or SIGINT, logging to stderr."""
+def serve(
+    path: Path, run: Callable[[], None], log_to: Path | None = None, wrapped: list[str] | None = None
+) -> int:
+    """Preload, then serve commands on ``path`` (:meth:`CommandServer.serve_forever`), logging to
+    ``log_to`` or stderr; the wrapped command's exit status, else 0."""
+    sink = sys.stderr if log_to is None else log_to.open("a", buffering=1)
 
     def log(message: str) -> None:
-        sys.stderr.write(f"gil serve: {message}\n")
-        sys.stderr.flush()
+        sink.write(f"gil serve: {message}\n")
+        sink.flush()
 
     environment = dict(os.environ)
     preload(log)
-    CommandServer(path, run, log, environment).serve_forever()
+    return CommandServer(path, run, log, environment).serve_forever(wrapped)

@@ -23,7 +23,6 @@ app = typer.Typer(
 )
 
 
-
 def run_app() -> None:
     """Run the command of ``sys.argv``, turning user errors into one line and exit status 2."""
     try:
