@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)  ## create .venv and install gil with pinned dependencies
 
+# The stages' gil commands run in forks of one `gil serve`, which imported torch and MLflow once
+# (docs/commands.md); its log: .dvc/tmp/gil-serve.log.
 run: install  ## run the default pipeline (Zeisel, all default strategies and seeds)
-	dvc repro
+	@mkdir -p .dvc/tmp
+	gil serve --log .dvc/tmp/gil-serve.log -- dvc repro
 
 # The sweep pipeline (every `benchmark` strategy, same budget, validation cells), then its winners
 # promoted to tuned.yaml, which the default pipeline's tuned rows read: `make run` next trains them.

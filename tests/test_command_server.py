@@ -172,6 +172,8 @@ def test_what_a_fork_would_run_differently_is_declined() -> None:
     stamp = source_stamp()
     request = {"python": sys.executable, "env": {**own, "ANYTHING_ELSE": "x"}}
     assert decline_reason(request, import_time_environment(own), stamp) is None  # other variables pass
+    breakpoint_hook = {**request, "env": {**own, "PYTHONBREAKPOINT": "ray.util.rpdb._driver_set_trace"}}
+    assert decline_reason(breakpoint_hook, import_time_environment(own), stamp) is None  # read when used
     assert "the client runs /other/python" in decline_reason(
         {**request, "python": "/other/python"}, import_time_environment(own), stamp
     )
@@ -223,6 +225,8 @@ def test_serve_refuses_a_command_not_on_path(run_cli, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     result = run_cli("serve")
     assert result.code == 2 and "give --socket PATH" in result.stderr
+    result = run_cli("serve", "--socket", tmp_path / "s.sock", "--log", tmp_path / "no" / "log")
+    assert result.code == 2 and "is not a directory" in result.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_a_stopped_server_kills_its_commands_and_their_clients_say_so(long_training, tmp_path: Path) -> None:
@@ -253,3 +257,25 @@ def test_a_stopped_server_kills_its_commands_and_their_clients_say_so(long_train
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not socket.exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [("7", 7, ""), ("None", 0, ""), ("'boom'", 1, "boom\n")]
+)
+def test_a_finished_fork_exits_as_the_interpreter_would(
+    tmp_path: Path, code: str, status: int, stderr: str
+) -> None:
+    """Thread pools left open are shut down (a plain join of their threads would wait forever), atexit
+    handlers run, and the status is what ``SystemExit(code)`` gives."""
+    marker = tmp_path / "atexit"
+    script = (
+        "import atexit, concurrent.futures, time\n"
+        "from gil.command_server import _exit_without_teardown\n"
+        "pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+        "pool.submit(time.sleep, 0.1)\n"
+        f"atexit.register(open({str(marker)!r}, 'w').write, 'ran')\n"
+        f"_exit_without_teardown({code})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (status, stderr)
+    assert marker.read_text() == "ran"

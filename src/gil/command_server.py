@@ -53,6 +53,8 @@ IMPORT_TIME_PREFIXES = (
     "TORCH",
     "TQDM_",
 )
+# ... except these, which are read each time they are used.
+READ_WHEN_USED = frozenset({"PYTHONBREAKPOINT"})  # set by ray.init in the driver's environment
 
 # What the server imports before serving: the heavy libraries and the modules of every command.
 PRELOAD = (
@@ -76,7 +78,11 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def import_time_environment(environment: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``environment`` that imports may have read (:data:`IMPORT_TIME_PREFIXES`)."""
-    return {key: value for key, value in environment.items() if key.startswith(IMPORT_TIME_PREFIXES)}
+    return {
+        key: value
+        for key, value in environment.items()
+        if key.startswith(IMPORT_TIME_PREFIXES) and key not in READ_WHEN_USED
+    }
 
 
 def source_stamp() -> dict[str, int]:
@@ -380,17 +386,16 @@ def _kill_group(pgid: int, number: int) -> None:
 
 
 def _exit_without_teardown(code: object) -> None:
-    """End the fork as the interpreter ends, minus its teardown: wait for non-daemon threads, run the
-    atexit handlers, flush the streams, exit with ``code`` as ``SystemExit`` gives it. Why: tearing
-    down every module the server imported takes ~2 s, and the decrefs copy the pages the fork shares
-    with the server."""
+    """End the fork as the interpreter ends, minus its teardown: threading's shutdown (thread pools'
+    exit hooks, then a join of non-daemon threads), the atexit handlers, a flush of the streams, and
+    exit with ``code`` as ``SystemExit`` gives it. Why: tearing down every module the server imported
+    takes ~2 s, and its decrefs copy the memory the fork shares with the server."""
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 - what Py_Finalize runs; no public spelling
+    # What Py_Finalize calls, in its order; neither has a public spelling.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
     if code is None:
         status = 0
     elif isinstance(code, int):

@@ -57,6 +57,8 @@ def serve(
         if not command:
             raise GilError("give --socket PATH (or a COMMAND to serve, e.g. gil serve -- dvc repro)")
         socket = Path(tempfile.mkdtemp(prefix="gil-serve-")) / "gil.sock"
+    if log is not None and not log.parent.is_dir():
+        raise GilError(f"--log {log}: {log.parent} is not a directory; create it or choose another path")
     if socket.exists():
         raise GilError(
             f"{socket} already exists: another server may use it; remove it or choose another path"
