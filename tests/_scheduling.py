@@ -14,16 +14,19 @@ from collections import Counter
 from xdist.scheduler import LoadFileScheduling
 
 # The end-to-end files, heaviest first (per-file times of `benchmarks/loop_times.py tests`, quiet,
-# 2026-12-02); a file missing here only loses its place at the front.
+# 2026-12-03, with the DVC projects' stages served by `gil serve`; test_pipeline.py's worker also
+# runs test_notebook.py); a file missing here only loses its place at the front.
 HEAVY_FILES = (
-    "tests/test_suite.py",
     "tests/test_pipeline.py",
-    "tests/test_cluster.py",
     "tests/test_sweep.py",
+    "tests/test_cluster.py",
     "tests/test_scgpt.py",
-    "tests/test_soma.py",
+    "tests/test_suite.py",
     "tests/test_ui.py",
     "tests/test_faults.py",
+    "tests/test_tracking_pipeline.py",
+    "tests/test_soma.py",
+    "tests/test_command_server.py",
 )
 
 # Files whose tests use the session fixture of another file's: run with that file.

@@ -42,6 +42,11 @@ def _session_ray_token() -> None:
 
 _session_ray_token()
 
+# The environment as the session starts. Libraries change os.environ as tests run them in-process
+# (ray.init sets PYTHONBREAKPOINT, torch's compiler TORCHINDUCTOR_CACHE_DIR): subprocesses that must
+# not depend on which tests ran before, such as the DVC projects' stages, start from this.
+SESSION_ENVIRONMENT = dict(os.environ)
+
 SYNTHETIC = {"n_cells": 300, "n_genes": 60, "n_types": 4, "seed": 0, "n_groups": 2, "n_markers": 5}
 
 
@@ -223,14 +228,14 @@ def stages_repro_would_run(repo: Path, env: dict, pipeline: str = "dvc.yaml") ->
 def project_environment() -> dict[str, str]:
     """The environment the tests' DVC projects run in (and their command server starts in)."""
     env = {
-        **os.environ,
+        **SESSION_ENVIRONMENT,
         "DVC_NO_ANALYTICS": "1",
         "TQDM_DISABLE": "1",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{SESSION_ENVIRONMENT['PATH']}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop(ENV_VAR, None)
@@ -243,6 +248,7 @@ def command_server() -> Iterator[Path]:
     forks of it instead of fresh processes that import torch and MLflow again, ~5 s each
     (``benchmarks/README.md``; what a fork shares with a fresh process: ``gil.command_server``).
     Stages run fresh where it declines; its log (``serve.log`` beside the socket) says why."""
+    import shutil
     import subprocess
     import tempfile
     import time
@@ -263,6 +269,7 @@ def command_server() -> Iterator[Path]:
     yield socket
     server.terminate()
     server.wait(timeout=60)
+    shutil.rmtree(folder)
 
 
 def init_project(

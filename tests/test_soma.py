@@ -299,13 +299,13 @@ def _zeisel_on_soma(params: dict, repo: Path) -> None:
 
 @pytest.mark.slow
 def test_the_default_pipeline_runs_on_a_soma_experiment(
-    zeisel_h5ad: Path, zeisel_soma: Path, tmp_path: Path
+    zeisel_h5ad: Path, zeisel_soma: Path, tmp_path: Path, command_server: Path
 ) -> None:
     """``dvc repro`` of dvc.yaml (the experiment a DVC-tracked directory, its settings in params): the
     metrics come out, prepare's arrays equal the .h5ad route's, and a new obs filter makes prepare stale."""
     repo = tmp_path / "project"
     repo.mkdir()
-    env = build_tiny_project(repo, zeisel_soma, _zeisel_on_soma)
+    env = build_tiny_project(repo, zeisel_soma, _zeisel_on_soma, command_server)
     assert json.loads((repo / "metrics" / "finetune.json").read_text())["strategy"] == "finetune"
     assert (repo / "metrics" / "reference.json").is_file() and (repo / "reports" / "benchmark.md").is_file()
 

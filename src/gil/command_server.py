@@ -54,7 +54,12 @@ IMPORT_TIME_PREFIXES = (
     "TQDM_",
 )
 # ... except these, which are read each time they are used.
-READ_WHEN_USED = frozenset({"PYTHONBREAKPOINT"})  # set by ray.init in the driver's environment
+READ_WHEN_USED = frozenset(
+    {
+        "PYTHONBREAKPOINT",  # set by ray.init in the driver's environment
+        "TORCHINDUCTOR_CACHE_DIR",  # set by torch's compiler when it first compiles
+    }
+)
 
 # What the server imports before serving: the heavy libraries and the modules of every command.
 PRELOAD = (
