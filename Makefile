@@ -69,7 +69,7 @@ browser:
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that its
 # module fixtures are built once; each worker has its own temp dirs, Ray token, servers and ports.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: install browser  ## run the whole test suite, slow end-to-end tests included
