@@ -256,19 +256,22 @@ def command_server() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="gil-serve-"))  # short: a socket path has ~100 characters
     socket, log = folder / "gil.sock", folder / "serve.log"
     with log.open("w") as sink:
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # its own session: no signal to this worker's group reaches it
             [sys.executable, "-m", "gil.cli", "serve", "--socket", str(socket)],
             env=project_environment(),
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + 120
     while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert socket.exists(), f"gil serve did not start:\n{log.read_text()}"
     yield socket
+    running = server.poll() is None
     server.terminate()
     server.wait(timeout=60)
+    assert running, f"gil serve ended during the session (exit {server.returncode}):\n{log.read_text()}"
     shutil.rmtree(folder)
 
 

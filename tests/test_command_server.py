@@ -114,13 +114,20 @@ def long_training(tiny_params, write_params, tiny_processed, tiny_split, tmp_pat
 
 @pytest.mark.parametrize(("number", "returncode"), [(signal.SIGINT, 130), (signal.SIGTERM, -15)])
 def test_a_signal_to_the_client_reaches_the_command_and_the_client_ends_as_it_does(
-    envs, command_server: Path, long_training, tmp_path: Path, number: int, returncode: int
+    envs,
+    command_server: Path,
+    long_training,
+    tmp_path: Path,
+    number: int,
+    returncode: int,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Ctrl-C: the command stops and exits 130, as a fresh ``gil train`` does; SIGTERM: the command
     dies of it, and so does the client (what DVC, waiting on the client, sees)."""
     _, served = envs
     args = long_training(f"signal{number}")
     client = _gil(args, served, tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    request.addfinalizer(client.kill)  # a failure must not leave a training running
     pid = int(
         _wait_for(command_server, rf"running 'gil train .*/signal{number}.yaml.*' \(pid (\d+)\)").group(1)
     )
@@ -136,12 +143,13 @@ def test_a_signal_to_the_client_reaches_the_command_and_the_client_ends_as_it_do
 
 
 def test_killing_the_client_kills_the_command(
-    envs, command_server: Path, long_training, tmp_path: Path
+    envs, command_server: Path, long_training, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """SIGKILL cannot be forwarded: the server sees the client's connection close and kills the
     command's process group, as killing a fresh process ends its command."""
     _, served = envs
     client = _gil(long_training("killed"), served, tmp_path)
+    request.addfinalizer(client.kill)  # a failure must not leave a training running
     pid = int(_wait_for(command_server, r"running 'gil train .*/killed.yaml.*' \(pid (\d+)\)").group(1))
     client.kill()
     client.communicate(timeout=60)

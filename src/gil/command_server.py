@@ -239,10 +239,13 @@ class CommandServer:
         try:
             while not self.stopping:
                 for key, _ in self.selector.select(timeout=0.05):
-                    if key.fileobj is self.listener:
-                        self._accept()
-                    else:
-                        self._client_event(key.data)
+                    try:
+                        if key.fileobj is self.listener:
+                            self._accept()
+                        else:
+                            self._client_event(key.data)
+                    except OSError as error:  # one client's broken connection must not end the server
+                        self.log(f"connection error: {error}")
                 self._reap()
         finally:
             if os.getpid() == self.owner:  # a command's fork unwinds through here too
@@ -281,9 +284,12 @@ class CommandServer:
             os.close(fd)
         _set_group(pid)
         self.children[pid] = (connection, f"{command!r} (pid {pid})", time.perf_counter())
-        self.log(f"running {command!r} (pid {pid})")
         self.selector.register(connection, selectors.EVENT_READ, pid)
-        connection.sendall(json.dumps({"pgid": pid}).encode() + b"\n")
+        try:
+            connection.sendall(json.dumps({"pgid": pid}).encode() + b"\n")
+        except OSError:
+            pass  # the client is gone already: the selector reports its end next
+        self.log(f"running {command!r} (pid {pid})")
 
     def _read_request(self, connection: socket.socket) -> tuple[dict, list[int]]:
         if hasattr(socket, "SO_PEERCRED"):  # Linux: only the server's user may run commands
