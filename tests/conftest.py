@@ -243,11 +243,12 @@ def project_environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def command_server() -> Iterator[Path]:
+def command_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A ``gil serve`` for this session's (this xdist worker's) DVC projects: their stages run in
     forks of it instead of fresh processes that import torch and MLflow again, ~5 s each
     (``benchmarks/README.md``; what a fork shares with a fresh process: ``gil.command_server``).
-    Stages run fresh where it declines; its log (``serve.log`` beside the socket) says why."""
+    Stages run fresh where it declines; its log (``serve.log`` beside the socket, copied to pytest's
+    temporary directory at the end) says why."""
     import shutil
     import subprocess
     import tempfile
@@ -271,8 +272,9 @@ def command_server() -> Iterator[Path]:
     running = server.poll() is None
     server.terminate()
     server.wait(timeout=60)
-    assert running, f"gil serve ended during the session (exit {server.returncode}):\n{log.read_text()}"
+    kept = Path(shutil.copy(log, tmp_path_factory.mktemp("command-server")))  # with pytest's temp dirs
     shutil.rmtree(folder)
+    assert running, f"gil serve ended during the session (exit {server.returncode}):\n{kept.read_text()}"
 
 
 def init_project(
