@@ -69,8 +69,8 @@ browser:
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that its
 # module fixtures are built once; each worker has its own temp dirs, Ray token, servers and ports.
-# 3 on 2 cores: the Ray files wait more than they compute (benchmarks/README.md).
-TEST_WORKERS ?= 3
+# 2 on 2 cores; 3 measured no better within this machine's run-to-run noise (benchmarks/README.md).
+TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: install browser  ## run the whole test suite, slow end-to-end tests included
