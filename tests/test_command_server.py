@@ -54,6 +54,7 @@ def envs(command_server: Path) -> tuple[dict, dict]:
     return fresh, {**fresh, ENV_VAR: str(command_server)}
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 def test_a_served_command_writes_prints_and_exits_as_a_fresh_one(
     envs,
     command_server: Path,
@@ -112,6 +113,7 @@ def long_training(tiny_params, write_params, tiny_processed, tiny_split, tmp_pat
     return args
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 @pytest.mark.parametrize(("number", "returncode"), [(signal.SIGINT, 130), (signal.SIGTERM, -15)])
 def test_a_signal_to_the_client_reaches_the_command_and_the_client_ends_as_it_does(
     envs,
@@ -142,6 +144,7 @@ def test_a_signal_to_the_client_reaches_the_command_and_the_client_ends_as_it_do
         os.kill(pid, 0)
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 def test_killing_the_client_kills_the_command(
     envs, command_server: Path, long_training, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -159,6 +162,7 @@ def test_killing_the_client_kills_the_command(
         os.kill(pid, 0)
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 def test_a_client_whose_import_time_environment_differs_runs_the_command_itself(
     envs, command_server: Path, tmp_path: Path
 ) -> None:
@@ -208,6 +212,7 @@ def test_serve_refuses_a_taken_path_and_a_missing_folder(run_cli, tmp_path: Path
     assert result.code == 2 and "is not a directory" in result.stderr
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 def test_serve_wraps_a_command_serves_its_gil_commands_and_exits_with_its_status(tmp_path: Path) -> None:
     """``gil serve -- COMMAND`` (what ``make run`` does): the command's gil processes are served, its
     exit status is the server's, and the socket is gone afterwards."""
@@ -240,6 +245,7 @@ def test_serve_refuses_a_command_not_on_path(run_cli, tmp_path: Path) -> None:
     assert result.code == 2 and "is not a directory" in result.stderr and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts a server (~8 s of imports)
 def test_a_stopped_server_kills_its_commands_and_their_clients_say_so(long_training, tmp_path: Path) -> None:
     socket, log = tmp_path / "s.sock", tmp_path / "serve.log"
     env = project_environment()
