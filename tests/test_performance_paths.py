@@ -6,6 +6,7 @@ row-wise ranking of batch assembly) is checked against a simple reference writte
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -188,3 +189,61 @@ def test_fast_batch_assembly_matches_per_cell_reference() -> None:
     np.testing.assert_array_equal(batch.masked.numpy(), ref["masked"])
     np.testing.assert_array_equal(batch.padding.numpy(), ref["genes"] == PAD)
     np.testing.assert_array_equal(batch.values.numpy(), np.where(ref["masked"], MASKED_VALUE, ref["targets"]))
+
+
+def _permuted_qkv_layer(layer: transformer_module.EncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """The encoder layer as first written: q, k, v from one permuted ``[B, L, 3, H, Dh]`` tensor."""
+    batch, length, d_model = x.shape
+    qkv = layer.qkv(x).view(batch, length, 3, layer.n_heads, d_model // layer.n_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    attended = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    x = layer.norm_attn(x + layer.out(attended.transpose(1, 2).reshape(batch, length, d_model)))
+    return layer.norm_ff(x + layer.ff_out(layer.activation(layer.ff_in(x))))
+
+
+def test_split_qkv_views_compute_the_permuted_layout_bit_for_bit() -> None:
+    """The encoder layer's split q/k/v views (cheaper backward) give the same outputs and gradients,
+    to the bit, as the permuted layout they replaced, at the ``cpu`` preset's sizes in float32."""
+    torch.manual_seed(0)
+    layer = transformer_module.EncoderLayer(d_model=64, n_heads=4, d_ff=128, dropout=0.0)
+    x0 = torch.randn(16, 129, 64)
+    results = []
+    for forward in (lambda x: layer(x, None), lambda x: _permuted_qkv_layer(layer, x)):
+        layer.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        y = forward(x)
+        (y * y.detach().cos()).sum().backward()
+        results.append([y.detach(), x.grad, *(p.grad for p in layer.parameters())])
+    for fast, reference in zip(*results, strict=True):
+        assert torch.equal(fast, reference)
+
+
+def test_stage_optimizer_steps_like_the_per_parameter_adam_bit_for_bit() -> None:
+    """The stage optimizer (foreach Adam over the two learning-rate groups) moves the weights exactly
+    as torch's per-parameter Adam loop does, so choosing it changed no result."""
+    from gil.config import TrainConfig
+    from gil.train.loop import parameter_groups, stage_optimizer
+
+    train = TrainConfig(lr=1e-3, embedding_lr_scale=10.0)
+    torch.manual_seed(0)
+    models = [GeneTransformer(n_tokens=50, n_layers=2, d_model=16, n_heads=2, d_ff=32, dropout=0.0)]
+    models.append(copy.deepcopy(models[0]))
+    optimizers = [
+        stage_optimizer(models[0], train),
+        torch.optim.Adam(parameter_groups(models[1], train.embedding_lr_scale), lr=train.lr, foreach=False),
+    ]
+    assert [len(group["params"]) for group in optimizers[0].param_groups] == [
+        1,
+        len(list(models[0].parameters())) - 1,
+    ]
+    inputs = _random_batch(padded=True)
+    start = [p.detach().clone() for p in models[0].parameters()]
+    for step in range(25):
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for group in optimizer.param_groups:
+                group["lr"] = train.lr * (step + 1) / 25 * group["lr_scale"]
+            _loss_and_grads(model, *inputs)
+            optimizer.step()
+    for fast, reference, before in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
+        assert torch.equal(fast, reference)
+        assert not torch.equal(fast, before)

@@ -29,7 +29,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from gil.config import Config, missing_strategy_hint, run_params
+from gil.config import Config, TrainConfig, missing_strategy_hint, run_params
 from gil.data.batches import Batch, BatchBuilder, GeneSampling
 from gil.data.layout import ProcessedData, Split
 from gil.data.vocab import NO_SET, Vocabulary
@@ -103,6 +103,16 @@ def parameter_groups(model: GeneTransformer, embedding_lr_scale: float) -> list[
     table = model.gene_embedding.weight
     rest = [p for p in model.parameters() if p is not table]
     return [{"params": [table], "lr_scale": embedding_lr_scale}, {"params": rest, "lr_scale": 1.0}]
+
+
+def stage_optimizer(model: GeneTransformer, train: TrainConfig) -> torch.optim.Adam:
+    """A stage's fresh Adam over :func:`parameter_groups`.
+
+    Why ``foreach``: one call per operation for all tensors (CUDA's default) instead of a Python
+    loop over the parameters; on the CPU the same numbers bit for bit, ~2 % of a step less
+    (``fused=True`` would change the numbers).
+    """
+    return torch.optim.Adam(parameter_groups(model, train.embedding_lr_scale), lr=train.lr, foreach=True)
 
 
 def use_threads(config: Config) -> None:
@@ -316,7 +326,7 @@ class StageTrainer:
             self.model.grow_vocabulary(self.vocab.size_through(stage), generator)
             self.model.to(self.device)
         start_rows = self.model.gene_embedding.weight.detach().clone()
-        optimizer = torch.optim.Adam(parameter_groups(self.model, train.embedding_lr_scale), lr=train.lr)
+        optimizer = stage_optimizer(self.model, train)
         n_epochs = self._epochs(stage)
         record = StageRecord(stage=stage)
         started, n_cells = time.perf_counter(), 0
