@@ -5,18 +5,23 @@ Run (from the repository root, on a quiet machine: every other busy process skew
     .venv/bin/python benchmarks/loop_times.py pipeline [--force] [--json OUT] [TARGET ...]
     .venv/bin/python benchmarks/loop_times.py tests [--json OUT] [-- PYTEST ARGS ...]
     .venv/bin/python benchmarks/loop_times.py compare BEFORE.json AFTER.json
+    .venv/bin/python benchmarks/loop_times.py metrics BEFORE_DIR AFTER_DIR
 
 ``pipeline`` runs ``dvc repro`` (``--force``: every stage, as after a code change) and times each stage
 from the moment DVC announces it to the next announcement (stages DVC skips take ~0 s). ``tests`` runs
 pytest with a JUnit report and sums the test times (setup, call and teardown) per file; fixtures shared
 by a session are charged to the first test that asks for them. Both print a table sorted by time and,
 with ``--json``, write ``{"kind", "total_s", "items": {name: seconds}}`` that ``compare`` puts side by side.
+``metrics`` checks that a speed change changed no result: it compares every number of the ``*.json``
+files of two ``metrics/`` folders (two checkouts' pipelines) and exits 1 if one differs; keys that only
+one side has (settings a later version echoes) are counted, not compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -88,6 +93,37 @@ def compare(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def _numbers(value: object, path: str = "") -> dict[str, float]:
+    """Every number in a JSON value, by its path (``/key`` and ``[index]``)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _numbers(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _numbers(item, f"{path}[{i}]").items()}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {path: float(value)}
+    return {}
+
+
+def compare_metrics(before: Path, after: Path) -> tuple[str, int]:
+    """A report of the numbers that differ between the metrics files of two folders, and their count."""
+    compared = one_side = 0
+    differing: list[str] = []
+    for old_file in sorted(before.glob("*.json")):
+        new_file = after / old_file.name
+        if not new_file.exists():
+            differing.append(f"{old_file.name}: missing in {after}")
+            continue
+        old, new = (_numbers(json.loads(f.read_text())) for f in (old_file, new_file))
+        one_side += len(old.keys() ^ new.keys())
+        for key in sorted(old.keys() & new.keys()):
+            compared += 1
+            a, b = old[key], new[key]
+            if a != b and not (math.isnan(a) and math.isnan(b)):
+                differing.append(f"{old_file.name}{key}: {a!r} -> {b!r}")
+    lines = [f"{compared - len(differing)} of {compared} numbers identical; {one_side} keys on one side only"]
+    return "\n".join(lines + differing), len(differing)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,7 +137,15 @@ def main() -> None:
     both = commands.add_parser("compare", help="two --json outputs side by side")
     both.add_argument("before", type=Path)
     both.add_argument("after", type=Path)
+    metrics = commands.add_parser("metrics", help="are two metrics/ folders' numbers identical?")
+    metrics.add_argument("before", type=Path)
+    metrics.add_argument("after", type=Path)
     args = parser.parse_args()
+
+    if args.command == "metrics":
+        report, n_differing = compare_metrics(args.before, args.after)
+        print(report)
+        sys.exit(1 if n_differing else 0)
 
     if args.command == "compare":
         print(compare(json.loads(args.before.read_text()), json.loads(args.after.read_text())))

@@ -602,6 +602,20 @@ BUGS = [
         "usecols=wanted, dtype=dtypes)",
         ("test_prepare.py",),
     ),
+    Bug(
+        "optimizer: fused Adam (other numbers) instead of foreach",
+        "train/loop.py",
+        "lr=train.lr, foreach=True)",
+        "lr=train.lr, fused=True)",
+        ("test_performance_paths.py",),
+    ),
+    Bug(
+        "attention: q and k taken from each other's third of the projection",
+        "model/transformer.py",
+        "        q, k, v = (\n            part.view",
+        "        k, q, v = (\n            part.view",
+        ("test_performance_paths.py",),
+    ),
 ]
 
 
