@@ -56,20 +56,26 @@ def time_pipeline(targets: list[str], force: bool) -> tuple[float, dict[str, flo
     return end - start, stages
 
 
-def time_tests(pytest_args: list[str]) -> tuple[float, dict[str, float]]:
-    """Wall time of pytest and the summed time of each test file's tests."""
+def time_tests(pytest_args: list[str], slowest: int = 15) -> tuple[float, dict[str, float]]:
+    """Wall time of pytest and the summed time of each test file's tests; prints the ``slowest`` tests."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "junit.xml"
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "pytest", f"--junitxml={report}", *pytest_args])
         wall = time.perf_counter() - start
         per_file: Counter[str] = Counter()
+        per_test: Counter[str] = Counter()
         for case in ET.parse(report).iter("testcase"):
             module = (case.get("classname") or "?").split(".")
             name = next((part for part in module if part.startswith("test_")), module[-1])
-            per_file[f"{name}.py"] += float(case.get("time") or 0.0)
+            seconds = float(case.get("time") or 0.0)
+            per_file[f"{name}.py"] += seconds
+            per_test[f"{name}.py::{case.get('name')}"] += seconds
     if result.returncode:
         print(f"pytest exited {result.returncode}: times below include failing tests", file=sys.stderr)
+    print(f"slowest {slowest} tests (setup + call + teardown, s):")
+    for test, seconds in per_test.most_common(slowest):
+        print(f"{seconds:8.1f}  {test}")
     return wall, dict(per_file)
 
 
