@@ -52,7 +52,7 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
     with log.open("wb") as output:
         return subprocess.Popen(
             [str(ray_bin), "start", *args, *common],
-            env={**os.environ, "RAY_AUTH_MODE": "token"},
+            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
             start_new_session=True,
             stdout=output,
             stderr=subprocess.STDOUT,
