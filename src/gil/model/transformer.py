@@ -114,8 +114,8 @@ class EncoderLayer(nn.Module):
     """Post-norm transformer encoder layer on fused scaled-dot-product attention.
 
     Why q, k and v are views of a split (not of one permuted ``[B, L, 3, H, Dh]`` tensor): the
-    backward pass then concatenates three gradients instead of copying a permuted one, ~5 % of a
-    layer's step on the CPU with the same numbers bit for bit (tests/test_model.py).
+    backward pass then concatenates three gradients instead of copying a permuted one: a few % of
+    a layer's step less on the CPU, the same numbers bit for bit (tests/test_performance_paths.py).
 
     ``activation`` is the feed-forward non-linearity: gil's own models use GELU; scGPT's
     checkpoints were trained with ReLU (torch's ``TransformerEncoderLayer`` default), so an imported
