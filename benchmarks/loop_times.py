@@ -114,10 +114,11 @@ def compare_metrics(before: Path, after: Path) -> tuple[str, int]:
     """A report of the numbers that differ between the metrics files of two folders, and their count."""
     compared = one_side = 0
     differing: list[str] = []
+    missing: list[str] = []
     for old_file in sorted(before.glob("*.json")):
         new_file = after / old_file.name
         if not new_file.exists():
-            differing.append(f"{old_file.name}: missing in {after}")
+            missing.append(f"{old_file.name}: missing in {after}")
             continue
         old, new = (_numbers(json.loads(f.read_text())) for f in (old_file, new_file))
         one_side += len(old.keys() ^ new.keys())
@@ -127,7 +128,7 @@ def compare_metrics(before: Path, after: Path) -> tuple[str, int]:
             if a != b and not (math.isnan(a) and math.isnan(b)):
                 differing.append(f"{old_file.name}{key}: {a!r} -> {b!r}")
     lines = [f"{compared - len(differing)} of {compared} numbers identical; {one_side} keys on one side only"]
-    return "\n".join(lines + differing), len(differing)
+    return "\n".join(lines + missing + differing), len(missing) + len(differing)
 
 
 def main() -> None:
